@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One-command setup of the OpenMMLab CPU stack + dualopt_mm, idempotent.
+#
+#   bash tools/setup/setup_env.sh            # creates ./.venv (or $DUALOPT_VENV)
+#
+# Steps (each is skipped or instant when already done):
+#   1. venv with torch 2.13.0 (CPU), build tools, mmengine
+#   2. mmcv 2.1.0 with compiled CPU ops: built ONCE into a wheel cache
+#      ($DUALOPT_WHEEL_CACHE, default ~/.cache/dualopt_mm/wheels), ~10 min on 2 cores,
+#      then installed from there in seconds
+#   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools
+#   4. torchvision's CUDA-only fake-op registrations guarded so it imports beside CPU torch
+#   5. dualopt_mm itself, editable
+#   6. a check that mmcv's compiled ops (nms, RoIAlign) run
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT=$(pwd)
+VENV=${DUALOPT_VENV:-$ROOT/.venv}
+CACHE=${DUALOPT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualopt_mm/wheels}
+C=$ROOT/tools/setup/constraints.txt
+PY=${PYTHON:-python3}
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating venv $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+
+log "1/6 torch 2.13.0 (CPU), build tools, mmengine"
+$PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' wheel ninja psutil mmengine==0.10.7
+
+TORCH_TAG=$("$VENV/bin/python" -c 'import torch,sys;print(f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}")')
+MMCV_DIR=$CACHE/$TORCH_TAG
+if "$VENV/bin/python" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
+  log "2/6 mmcv 2.1.0 with ops already installed"
+else
+  if ! ls "$MMCV_DIR"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    mkdir -p "$MMCV_DIR"
+    log "2/6 building mmcv 2.1.0 with CPU ops into $MMCV_DIR (one time, about 10 minutes on 2 cores)"
+    # setuptools 80 replaces Python's compiler flags with $CFLAGS: give the optimised ones.
+    MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=${MAX_JOBS:-$(nproc)} CFLAGS='-DNDEBUG -O3 -fwrapv -g0' \
+      $PIP wheel --no-deps --no-build-isolation -c "$C" -w "$MMCV_DIR" mmcv==2.1.0 2>&1 \
+      | while IFS= read -r line; do
+          case "$line" in *Building*|*Created*|*Stored*|*error*|*Error*) log "  $line";; esac
+        done
+    ls "$MMCV_DIR"/mmcv-2.1.0-*.whl >/dev/null
+  else
+    log "2/6 reusing built mmcv wheel from $MMCV_DIR"
+  fi
+  $PIP install -q --no-deps "$MMCV_DIR"/mmcv-2.1.0-*.whl
+  # mmcv's own runtime requirements
+  $PIP install -q -c "$C" torch==2.13.0 addict packaging Pillow pyyaml yapf opencv-python
+fi
+
+log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools"
+$PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' torchvision==0.28.0 \
+  mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 openmim==0.3.9 \
+  pycocotools ftfy regex 'numpy<2.4' matplotlib scikit-learn tensorboard \
+  pytest pytest-timeout ruff
+
+log "4/6 guarding torchvision's CUDA-only op registrations"
+"$VENV/bin/python" "$ROOT/tools/setup/patch_torchvision.py"
+
+log "5/6 installing dualopt_mm (editable)"
+$PIP install -q --no-deps --no-build-isolation -e "$ROOT"
+
+log "6/6 checking the stack"
+"$VENV/bin/python" "$ROOT/tools/setup/check_env.py"
+log "done: activate with 'source $VENV/bin/activate'"
