@@ -10,7 +10,7 @@
 #      then installed from there in seconds
 #   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools
 #   4. torchvision's CUDA-only fake-op registrations guarded so it imports beside CPU torch
-#   5. dualopt_mm itself, editable
+#   5. dualopt_mm itself, editable (linked where mim looks for its tools and configs)
 #   6. a check that mmcv's compiled ops (nms, RoIAlign) run
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -65,6 +65,12 @@ log "4/6 guarding torchvision's CUDA-only op registrations"
 
 log "5/6 installing dualopt_mm (editable)"
 $PIP install -q --no-deps --no-build-isolation -e "$ROOT"
+# mim finds a package's tools and configs next to its dist-info (<site-packages>/dualopt_mm/.mim);
+# a PEP 660 editable install leaves nothing there, so link the source package in its place.
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ -L "$SITE/dualopt_mm" ] || [ ! -e "$SITE/dualopt_mm" ]; then
+  ln -sfn "$ROOT/dualopt_mm" "$SITE/dualopt_mm"
+fi
 
 log "6/6 checking the stack"
 "$VENV/bin/python" "$ROOT/tools/setup/check_env.py"
