@@ -1,0 +1,15 @@
+# Mask R-CNN Swin-T FPN 1x COCO (MMDetection, AdamW).
+# Stock baseline / DualOpt (OLOR fine-tuning) pair: the two files differ by exactly the last
+# line (`diff mask-rcnn_swin-t-p4-w7_fpn_1x_coco_baseline.py mask-rcnn_swin-t-p4-w7_fpn_1x_coco_dualopt.py`):
+#   baseline: the upstream config as is (AdamW).
+#   dualopt:  DualOptOptimWrapperConstructor swaps AdamW for DualOptAdamW (same kwargs) and
+#             rolls the tensors the pretrained checkpoint fills back toward their pretrained
+#             values: 1% of the displacement per step at the base lr for the shallowest block
+#             (k_max=0.01), falling linearly to 0 at the deepest; new layers get plain AdamW.
+# Both log ||theta - theta_0|| / ||theta_0|| per backbone block (train/drift/<block>).
+# Upstream: mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py (box AP 42.7, mask AP 39.3).
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['dualopt_mm'], allow_failed_imports=False)
+custom_hooks = [dict(type='WeightRollbackHook', interval=50)]
+optim_wrapper = dict(constructor='DefaultOptimWrapperConstructor')

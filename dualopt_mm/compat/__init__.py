@@ -1,0 +1,26 @@
+"""Compatibility fixes for the OpenMMLab 2.x stack on current PyTorch and CPU-only machines.
+
+* :func:`enable_mmengine_checkpoint_loading`: mmengine 0.10.x checkpoints (resume, ``load_from``,
+  test) load under torch >= 2.6's ``weights_only=True`` default, without turning it off.
+* :func:`patch_mmengine_for_cpu_ddp`: ``torchrun ... --launcher pytorch`` works without CUDA
+  (gloo backend, no ``device_ids``, SyncBN reverted to BN).
+
+``tools/train.py`` and ``tools/test.py`` apply both; :func:`apply_all` does the same for other
+entry points.
+"""
+from .checkpoint import enable_mmengine_checkpoint_loading, mmengine_safe_globals
+from .cpu_ddp import is_cpu_ddp_patched, patch_mmengine_for_cpu_ddp
+
+__all__ = [
+    'apply_all',
+    'enable_mmengine_checkpoint_loading',
+    'is_cpu_ddp_patched',
+    'mmengine_safe_globals',
+    'patch_mmengine_for_cpu_ddp',
+]
+
+
+def apply_all() -> None:
+    """Apply every fix of this module (each is idempotent and a no-op where not needed)."""
+    enable_mmengine_checkpoint_loading()
+    patch_mmengine_for_cpu_ddp()

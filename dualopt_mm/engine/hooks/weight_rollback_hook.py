@@ -1,0 +1,605 @@
+r"""``WeightRollbackHook``: θ_0 after the pretrained weights are loaded, drift logging, and the
+review step for optimizers that are not DualOpt's.
+
+When the hook runs, in mmengine 0.10.7's ``Runner.train()`` (docs/integration.md):
+
+1. the optimizer is built, ``auto_scale_lr`` scales its lrs, the param schedulers are built
+   (they store ``initial_lr``); the model still holds its random init;
+2. hook ``before_run``; ``init_weights()`` loads ``init_cfg=Pretrained``;
+3. ``load_or_resume()``: ``load_checkpoint`` calls hook ``after_load_checkpoint(checkpoint)``
+   *before* copying the weights into the model; on resume it then restores the optimizer
+   state (our per-parameter ``anchor`` included) and the schedulers;
+4. the train loop calls hook **``before_train``**, then the iterations.
+
+So at ``before_train`` the weights are the pretrained ones (fresh start) or the resumed ones.
+The hook then, on a fresh start only: refines the reviewed set to the tensors a checkpoint
+filled (groups with ``mode_auto``, see below), renumbers the layers, and captures θ_0
+(``optimizer.capture_anchors()`` for DualOpt optimizers, its own copy otherwise). On resume
+θ_0 is whatever the checkpoint holds (optimizer state, or this hook's ``weight_rollback``
+checkpoint key) and nothing is re-captured.
+
+Without the hook, DualOpt optimizers capture θ_0 lazily at a tensor's first step, which is
+also after step 3, hence also the pretrained weights: the hook is needed for (a) drift
+logging, (b) refining ``pretrained='auto'`` from the checkpoint keys, (c) the review step of a
+non-DualOpt optimizer (``review=True``), (d) the early λ check and ``dualopt_levels.json``.
+
+Which tensors a checkpoint filled: the keys of ``load_from`` (seen in ``after_load_checkpoint``)
+and of every ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`` (read once at
+``before_train``), matched by name and shape as mmengine's non-strict loading does. A
+``Pretrained`` module none of whose parameter names appear in its checkpoint (a backbone that
+converts foreign keys in its own ``init_weights``, like mmdet's Swin with
+``convert_weights=True``) counts as filled entirely, with a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os.path as osp
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapperDict
+from mmengine.optim.scheduler import (
+    ConstantParamScheduler,
+    CosineAnnealingParamScheduler,
+    CosineRestartParamScheduler,
+    ExponentialParamScheduler,
+    LinearParamScheduler,
+    MultiStepParamScheduler,
+    OneCycleParamScheduler,
+    PolyParamScheduler,
+    StepParamScheduler,
+)
+from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from ...optim.levels import check_k_unit, check_level_range, check_mode, layer_level
+from ...optim.review import apply_review
+from ..constructor import (
+    assign_layer_ids,
+    is_pretrained_init,
+    pretrained_candidates,
+    pretrained_init_prefixes,
+)
+from ..layer_index import LAYER_INDEX_STRATEGIES, assign_blocks, dense_layer_ids
+from ..report import REVIEW_DEFAULTS, format_table, review_setting, skips_tensor
+
+#: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
+CHECKPOINT_KEY = 'weight_rollback'
+
+LAMBDA_CHECKS = ('error', 'warn', 'off')
+
+DATA_BATCH = Optional[Any]
+
+
+@dataclass
+class _Entry:
+    """One trainable tensor the hook knows about."""
+
+    name: str
+    param: torch.Tensor
+    group: dict
+    mode: str
+    layer_id: Optional[int]
+    num_layers: Optional[int]
+    block: str
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def _optimizers(optim_wrapper: Any) -> List[torch.optim.Optimizer]:
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        return [wrapper.optimizer for wrapper in optim_wrapper.values()]
+    return [optim_wrapper.optimizer]
+
+
+def _is_dualopt(optimizer: torch.optim.Optimizer) -> bool:
+    return callable(getattr(optimizer, 'capture_anchors', None))
+
+
+def _is_annotated(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether DualOptOptimWrapperConstructor made the groups (one tensor each, with keys)."""
+    return all('param_name' in g and 'block_index' in g and len(g['params']) == 1
+               for g in optimizer.param_groups)
+
+
+def checkpoint_tensors_shapes(state_dict: Dict[str, Any], prefix: str = '') -> Dict[str, tuple]:
+    """``{key: shape}`` of the tensors of a state dict, ``module.`` stripped like mmengine, only
+    keys under ``prefix`` (stripped) when given."""
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'
+    shapes = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key.startswith('module.'):
+            key = key[len('module.'):]
+        if prefix:
+            if not key.startswith(prefix):
+                continue
+            key = key[len(prefix):]
+        shapes[key] = tuple(value.shape)
+    return shapes
+
+
+def _state_dict_of(checkpoint: Any) -> Dict[str, Any]:
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
+        return checkpoint['state_dict']
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def lr_peak_factor(scheduler: Any, base_lr: float) -> float:
+    """An upper bound of lr / initial lr over ``scheduler``'s range (>= 1)."""
+    if getattr(scheduler, 'param_name', 'lr') != 'lr':
+        return 1.0
+    span = scheduler.end - scheduler.begin
+    if isinstance(scheduler, LinearParamScheduler):
+        factor = max(scheduler.start_factor, scheduler.end_factor)
+    elif isinstance(scheduler, ConstantParamScheduler):
+        factor = scheduler.factor
+    elif isinstance(scheduler, (StepParamScheduler, ExponentialParamScheduler)):
+        steps = (span // scheduler.step_size if isinstance(scheduler, StepParamScheduler)
+                 else span)
+        factor = scheduler.gamma**steps if scheduler.gamma > 1 else 1.0
+    elif isinstance(scheduler, MultiStepParamScheduler):
+        steps = sum(scheduler.milestones.values())
+        factor = scheduler.gamma**steps if scheduler.gamma > 1 else 1.0
+    elif isinstance(scheduler, (CosineAnnealingParamScheduler, PolyParamScheduler,
+                                CosineRestartParamScheduler)):
+        eta_min = getattr(scheduler, 'eta_min', None)
+        ratio = getattr(scheduler, 'eta_min_ratio', None)
+        factor = ratio if ratio is not None else (eta_min or 0.0) / base_lr if base_lr else 1.0
+        weights = getattr(scheduler, 'restart_weights', None)
+        if weights:
+            factor = max(factor, max(weights))
+    elif isinstance(scheduler, OneCycleParamScheduler):
+        eta_max = scheduler.eta_max
+        eta_max = max(eta_max) if isinstance(eta_max, (list, tuple)) else eta_max
+        factor = eta_max / base_lr if base_lr else 1.0
+    else:  # ReduceOnPlateau (factor < 1) and unknown schedulers
+        factor = 1.0
+    return max(1.0, float(factor))
+
+
+def _flatten_schedulers(schedulers: Any) -> List[Any]:
+    if schedulers is None:
+        return []
+    if isinstance(schedulers, dict):
+        return [s for value in schedulers.values() for s in _flatten_schedulers(value)]
+    if isinstance(schedulers, (list, tuple)):
+        return [s for value in schedulers for s in _flatten_schedulers(value)]
+    return [schedulers]
+
+
+@HOOKS.register_module()
+class WeightRollbackHook(Hook):
+    r"""Capture θ_0 after pretrained weights are loaded, keep it across resume, log drift.
+
+    Add it with ``custom_hooks = [dict(type='WeightRollbackHook')]``. It works with DualOpt
+    optimizers (θ_0 lives in their state), and with any other optimizer (θ_0 lives in this
+    hook, saved under the checkpoint key ``'weight_rollback'``), where ``review=True`` also
+    applies the review step :math:`θ ← θ̂ − λ(θ̂ − a)`, :math:`λ = η_t k_i` (``'absolute'``) or
+    :math:`(η_t/η_{base}) k_i` (``'base_lr'``) after each optimizer step, through a torch
+    step post-hook: a step skipped by the AMP grad scaler (inf/nan gradients) or by gradient
+    accumulation calls no ``optimizer.step()`` and so no review either.
+
+    Logged every ``interval`` iterations: ``train/drift/<block>`` = ‖θ − θ_0‖ / ‖θ_0‖ over the
+    fine-tuned tensors of each block, and ``train/drift/all``, via the message hub (LoggerHook
+    writes them to ``vis_data/scalars.json`` and to TensorBoard / other visualizer backends).
+    Written once at ``before_train`` on rank 0: ``<log_dir>/dualopt_levels.json`` (one row per
+    tensor: name, block, layer_id, num_layers, level, lr, weight_decay, mode).
+
+    Args:
+        interval: log drift every ``interval`` training iterations; 0 disables drift logging.
+        review: apply the review step after the steps of an optimizer that is not DualOpt's.
+            Refused (ValueError) with a DualOpt optimizer, which reviews by itself.
+        check_lambda: what to do when the review weight λ at the largest lr the param
+            schedulers reach (an upper bound, after ``auto_scale_lr``) exceeds 1:
+            ``'error'`` (ValueError), ``'warn'`` or ``'off'``.
+        refine_pretrained: on a fresh start, set the mode of groups the constructor built with
+            ``pretrained='auto'`` from the tensors a checkpoint filled: filled → the run's
+            mode, not filled → ``'none'``; then renumber the layers over the reviewed ones.
+        write_levels: write ``dualopt_levels.json`` and log the level table.
+        mode: for groups without a ``mode`` key (optimizer not built by
+            DualOptOptimWrapperConstructor): ``'finetune'`` or ``'scratch'``.
+        pretrained: for such groups in finetune mode, the tensors to track when no checkpoint
+            is configured: ``'auto'`` (modules with ``init_cfg=Pretrained``, else
+            ``backbone.*``, else all), ``'backbone'``, ``'all'`` or a list of name prefixes.
+        layer_index: for such groups, the layer index strategy, ``'block'`` or ``'tensor'``.
+        k_max, k_min, gamma, k_unit, reverse, skip_1d: review hyper-parameters used where the
+            param group has no such key (non-DualOpt optimizers). Defaults: docs/design.md.
+    """
+
+    priority = 'NORMAL'  # before LoggerHook (BELOW_NORMAL): drift is logged the same iteration
+
+    def __init__(self,
+                 interval: int = 50,
+                 review: bool = False,
+                 check_lambda: str = 'error',
+                 refine_pretrained: bool = True,
+                 write_levels: bool = True,
+                 mode: str = 'finetune',
+                 pretrained: Any = 'auto',
+                 layer_index: str = 'block',
+                 k_max: Optional[float] = None,
+                 k_min: Optional[float] = None,
+                 gamma: Optional[float] = None,
+                 k_unit: Optional[str] = None,
+                 reverse: Optional[bool] = None,
+                 skip_1d: Optional[bool] = None) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+            raise ValueError(f'interval={interval!r} must be an int >= 0 (0: no drift logging)')
+        if check_lambda not in LAMBDA_CHECKS:
+            raise ValueError(f'unknown check_lambda {check_lambda!r}: allowed are '
+                             f'{", ".join(map(repr, LAMBDA_CHECKS))}')
+        if mode not in ('finetune', 'scratch'):
+            check_mode(mode, 'WeightRollbackHook mode')
+            raise ValueError(f"WeightRollbackHook mode={mode!r}: use 'finetune' or 'scratch' "
+                             '(leave the hook out for no review)')
+        if layer_index not in LAYER_INDEX_STRATEGIES:
+            raise ValueError(f'unknown layer_index {layer_index!r}: allowed are '
+                             f'{", ".join(map(repr, LAYER_INDEX_STRATEGIES))}')
+        if not (pretrained in ('auto', 'backbone', 'all') or
+                (isinstance(pretrained, (list, tuple))
+                 and all(isinstance(p, str) for p in pretrained))):
+            raise ValueError(f'pretrained={pretrained!r}: allowed are "auto", "backbone", '
+                             '"all" or a list of name prefixes')
+        self.settings: Dict[str, Any] = dict(REVIEW_DEFAULTS, mode=mode)
+        for key, value in dict(k_max=k_max, k_min=k_min, gamma=gamma, k_unit=k_unit,
+                               reverse=reverse, skip_1d=skip_1d).items():
+            if value is not None:
+                self.settings[key] = value
+        check_level_range(self.settings['k_max'], self.settings['k_min'],
+                          self.settings['gamma'], 'WeightRollbackHook')
+        check_k_unit(self.settings['k_unit'], 'WeightRollbackHook k_unit')
+        self.interval = interval
+        self.review = review
+        self.check_lambda = check_lambda
+        self.refine_pretrained = refine_pretrained
+        self.write_levels = write_levels
+        self.pretrained = pretrained
+        self.layer_index = layer_index
+
+        self._resumed = False
+        self._loaded_state: Optional[dict] = None
+        self._load_from_shapes: Optional[Dict[str, tuple]] = None
+        self._entries: Dict[int, List[_Entry]] = {}  # id(optimizer) -> entries
+        self._dualopt: Dict[int, bool] = {}
+        self._anchors: Dict[str, torch.Tensor] = {}  # θ_0 of non-DualOpt optimizers
+        self._optimizer_levels: Dict[int, Optional[float]] = {}  # id(param) -> DualOpt's k_i
+        self._handles: List[Any] = []
+        self._optimizers: List[torch.optim.Optimizer] = []
+        self._table_changed = False  # log the full table only when the constructor's changed
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Remember a resume (θ_0 comes from the checkpoint) or the keys ``load_from`` fills."""
+        if runner._resume:
+            self._resumed = True
+            self._loaded_state = checkpoint.get(CHECKPOINT_KEY)
+        else:
+            shapes = checkpoint_tensors_shapes(_state_dict_of(checkpoint))
+            self._load_from_shapes = {**(self._load_from_shapes or {}), **shapes}
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Save θ_0 and the layer table of non-DualOpt optimizers (DualOpt keeps its own)."""
+        if not self._anchors and not any(not d for d in self._dualopt.values()):
+            return
+        checkpoint[CHECKPOINT_KEY] = dict(
+            anchors={name: anchor.detach().cpu() for name, anchor in self._anchors.items()},
+            entries={e.name: dict(mode=e.mode, layer_id=e.layer_id, num_layers=e.num_layers,
+                                  block=e.block)
+                     for key, entries in self._entries.items() if not self._dualopt[key]
+                     for e in entries})
+
+    # -- before_train ----------------------------------------------------------------------
+    def before_train(self, runner) -> None:
+        model = _unwrap(runner.model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        filled: Optional[Set[str]] = None
+        if not self._resumed:
+            filled = self._filled_names(model)
+        self._optimizers = _optimizers(runner.optim_wrapper)
+        for optimizer in self._optimizers:
+            key = id(optimizer)
+            dualopt = _is_dualopt(optimizer)
+            self._dualopt[key] = dualopt
+            if self.review and dualopt:
+                raise ValueError(
+                    f'WeightRollbackHook(review=True) with {type(optimizer).__name__}, which '
+                    'applies the review step itself: the rollback would run twice; use '
+                    'review=False (drift logging only)')
+            if _is_annotated(optimizer):
+                if not self._resumed and self.refine_pretrained:
+                    self._refine(optimizer, names, filled)
+                entries = self._entries_from_groups(optimizer, names)
+            else:
+                self._table_changed = True  # the constructor's table does not exist
+                if dualopt:
+                    print_log(
+                        f'{type(optimizer).__name__} param groups were not built by '
+                        'DualOptOptimWrapperConstructor: every tensor is reviewed in the '
+                        "optimizer's mode, new layers (neck, heads) included; use "
+                        "optim_wrapper=dict(constructor='DualOptOptimWrapperConstructor')",
+                        logger='current', level=logging.WARNING)
+                entries = self._entries_from_names(model, optimizer, names, filled)
+            if dualopt:  # the optimizer's own index and levels are what it applies
+                levels = {id(p): (layer_id, num_layers, level)
+                          for p, layer_id, num_layers, level in optimizer.review_levels()}
+                for entry in entries:
+                    layer_id, num_layers, level = levels[id(entry.param)]
+                    entry.layer_id, entry.num_layers = layer_id, num_layers
+                    entry.mode = entry.group['mode']
+                    self._optimizer_levels[id(entry.param)] = (
+                        level if layer_id is not None else None)
+            self._entries[key] = entries
+            for group in optimizer.param_groups:
+                if group.get('base_lr') is None:
+                    group['base_lr'] = group.get('initial_lr', group['lr'])
+            self._set_anchors(optimizer, entries)
+            if self.review and not dualopt:
+                self._handles.append(optimizer.register_step_post_hook(self._review_step))
+        self._check_lambda(runner)
+        if self.write_levels and is_main_process():
+            self._write_levels(runner)
+
+    def after_train(self, runner) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _filled_names(self, model: nn.Module) -> Optional[Set[str]]:
+        """Names of the parameters a checkpoint filled, or None when none is configured."""
+        params = dict(model.named_parameters())
+        filled: Set[str] = set()
+        configured = False
+        if self._load_from_shapes is not None:
+            configured = True
+            filled |= {n for n, p in params.items()
+                       if self._load_from_shapes.get(n) == tuple(p.shape)}
+        for prefix in pretrained_init_prefixes(model):
+            configured = True
+            module = model.get_submodule(prefix.rstrip('.')) if prefix else model
+            filled |= self._filled_by_init_cfg(module, prefix)
+        return filled if configured else None
+
+    def _filled_by_init_cfg(self, module: nn.Module, prefix: str) -> Set[str]:
+        init_cfgs = module.init_cfg if isinstance(module.init_cfg, (list, tuple)) else [
+            module.init_cfg]
+        names = {n: tuple(p.shape) for n, p in module.named_parameters()}
+        filled: Set[str] = set()
+        for cfg in init_cfgs:
+            if not is_pretrained_init(cfg):
+                continue
+            checkpoint = CheckpointLoader.load_checkpoint(
+                cfg['checkpoint'], map_location='cpu', logger='current')
+            shapes = checkpoint_tensors_shapes(_state_dict_of(checkpoint),
+                                               cfg.get('prefix') or '')
+            matched = {n for n, shape in names.items() if shapes.get(n) == shape}
+            if not matched:
+                print_log(
+                    f'none of the parameter names of {prefix.rstrip(".") or "the model"} '
+                    f'appear in {cfg["checkpoint"]} (its init_weights converts the keys?): '
+                    'counting all of its parameters as pretrained', logger='current',
+                    level=logging.WARNING)
+                matched = set(names)
+            filled |= {prefix + n for n in matched}
+        return filled
+
+    def _refine(self, optimizer: torch.optim.Optimizer, names: Dict[int, str],
+                filled: Optional[Set[str]]) -> None:
+        auto = [g for g in optimizer.param_groups if g.get('mode_auto')]
+        if not auto:
+            return
+        if filled is None:
+            print_log(
+                "pretrained='auto' but no checkpoint is configured (no load_from, no "
+                "init_cfg=Pretrained): fine-tuning anchors are the initial weights of the "
+                "build-time candidates; use mode='scratch' for a run from scratch",
+                logger='current', level=logging.WARNING)
+            return
+        changed = []
+        for group in auto:
+            mode = 'finetune' if names[id(group['params'][0])] in filled else 'none'
+            if group['mode'] != mode:
+                changed.append(f'{group["param_name"]}: {group["mode"]} -> {mode}')
+                group['mode'] = mode
+        if changed:
+            self._table_changed = True
+            assign_layer_ids(optimizer.param_groups)
+            print_log('WeightRollbackHook: reviewed tensors refined from the checkpoint keys '
+                      f'({len(changed)} changed):\n  ' + '\n  '.join(changed),
+                      logger='current')
+
+    def _entries_from_groups(self, optimizer: torch.optim.Optimizer,
+                             names: Dict[int, str]) -> List[_Entry]:
+        return [_Entry(name=g['param_name'], param=g['params'][0], group=g, mode=g['mode'],
+                       layer_id=g['layer_id'], num_layers=g['num_layers'], block=g['block'])
+                for g in optimizer.param_groups]
+
+    def _entries_from_names(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            names: Dict[int, str], filled: Optional[Set[str]]) -> List[_Entry]:
+        """Entries for groups no constructor annotated: the hook decides mode and layers."""
+        pairs = [(names[id(p)], p, g) for g in optimizer.param_groups for p in g['params']
+                 if p.requires_grad and id(p) in names]
+        stored = (self._loaded_state or {}).get('entries') if self._resumed else None
+        if stored:
+            return [_Entry(name, p, g, **stored[name]) if name in stored else
+                    _Entry(name, p, g, 'none', None, None, name) for name, p, g in pairs]
+        all_names = [name for name, _, _ in pairs]
+        mode = self.settings['mode']
+        if mode == 'scratch':
+            tracked = set(all_names)
+        elif filled is not None:
+            tracked = set(all_names) & filled
+        else:
+            tracked = set(pretrained_candidates(model, all_names, self.pretrained))
+        blocks = assign_blocks(all_names, self.layer_index)
+        layer_ids, num_layers = dense_layer_ids(
+            [b if n in tracked else None for n, (_, b) in zip(all_names, blocks)])
+        return [_Entry(name, p, g, mode if layer_id is not None else 'none', layer_id,
+                       num_layers if layer_id is not None else None, block)
+                for (name, p, g), (block, _), layer_id in zip(pairs, blocks, layer_ids)]
+
+    def _set_anchors(self, optimizer: torch.optim.Optimizer, entries: List[_Entry]) -> None:
+        if self._dualopt[id(optimizer)]:
+            if not self._resumed:
+                optimizer.capture_anchors()
+            return
+        stored = (self._loaded_state or {}).get('anchors', {}) if self._resumed else {}
+        for entry in entries:
+            if entry.mode != 'finetune':
+                continue
+            if entry.name in stored:
+                self._anchors[entry.name] = stored[entry.name].to(entry.param.device,
+                                                                   entry.param.dtype)
+            else:
+                if self._resumed:
+                    print_log(f'resumed checkpoint has no θ_0 of {entry.name}: capturing the '
+                              'current weights', logger='current', level=logging.WARNING)
+                self._anchors[entry.name] = entry.param.detach().clone()
+
+    # -- λ check and report ----------------------------------------------------------------
+    def _fallback(self, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+        if self._dualopt[id(optimizer)]:
+            return {**self.settings, **{k: v for k, v in optimizer.defaults.items()
+                                        if k in REVIEW_DEFAULTS}}
+        return self.settings
+
+    def _level(self, entry: _Entry, optimizer: torch.optim.Optimizer,
+               fallback: Dict[str, Any]) -> Optional[float]:
+        """k_i of a tensor: the DualOpt optimizer's own value, else from the group keys."""
+        if entry.mode == 'none' or entry.layer_id is None:
+            return None
+        if self._dualopt[id(optimizer)]:
+            return self._optimizer_levels.get(id(entry.param))
+        if skips_tensor(dict(entry.group, mode=entry.mode), entry.param.ndim, fallback):
+            return None
+        group = entry.group
+        return layer_level(entry.layer_id, entry.num_layers,
+                           k_max=review_setting(group, 'k_max', fallback),
+                           k_min=review_setting(group, 'k_min', fallback),
+                           gamma=review_setting(group, 'gamma', fallback),
+                           reverse=review_setting(group, 'reverse', fallback))
+
+    def _check_lambda(self, runner) -> None:
+        if self.check_lambda == 'off':
+            return
+        schedulers = _flatten_schedulers(runner.param_schedulers)
+        for optimizer in self._optimizers:
+            fallback = self._fallback(optimizer)
+            for entry in self._entries[id(optimizer)]:
+                level = self._level(entry, optimizer, fallback)
+                if level is None:
+                    continue
+                group = entry.group
+                base = group.get('initial_lr', group['lr'])
+                peak = base * math.prod(lr_peak_factor(s, base) for s in schedulers)
+                absolute = review_setting(group, 'k_unit', fallback) == 'absolute'
+                lam = level * (peak if absolute else peak / (group['base_lr'] or base))
+                if lam > 1:
+                    message = (f'review weight lambda = {lam:.4g} > 1 for {entry.name} at the '
+                               f'peak lr {peak:.4g} of the schedule (level k_i={level:.4g}, '
+                               f"k_unit={'absolute' if absolute else 'base_lr'}): the "
+                               'weights would overshoot the anchor; lower k_max')
+                    if self.check_lambda == 'error':
+                        raise ValueError(message)
+                    print_log(message, logger='current', level=logging.WARNING)
+                    return
+
+    def level_rows(self) -> List[Dict[str, Any]]:
+        """The rows of ``dualopt_levels.json`` (one per tensor the hook knows)."""
+        rows = []
+        for optimizer in self._optimizers:
+            fallback = self._fallback(optimizer)
+            for entry in self._entries[id(optimizer)]:
+                group = entry.group
+                rows.append(dict(name=entry.name, block=entry.block, layer_id=entry.layer_id,
+                                 num_layers=entry.num_layers,
+                                 level=self._level(entry, optimizer, fallback),
+                                 lr=group.get('initial_lr', group['lr']),
+                                 weight_decay=group.get('weight_decay'), mode=entry.mode))
+        return rows
+
+    def _write_levels(self, runner) -> None:
+        rows = self.level_rows()
+        path = osp.join(runner.log_dir, 'dualopt_levels.json')
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(rows, f, indent=1)
+        if self._table_changed:
+            print_log(f'DualOpt levels at before_train (written to {path}):\n'
+                      + format_table(rows), logger='current')
+        else:
+            print_log(f'DualOpt levels as logged by the constructor, written to {path}',
+                      logger='current')
+
+    # -- every iteration -------------------------------------------------------------------
+    def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
+        if self.interval and self.every_n_train_iters(runner, self.interval):
+            for key, value in self.drift().items():
+                runner.message_hub.update_scalar(f'train/drift/{key}', value)
+
+    def anchor_of(self, entry: _Entry, optimizer: torch.optim.Optimizer
+                  ) -> Optional[torch.Tensor]:
+        """θ_0 of a tensor (DualOpt optimizer state or the hook's copy), None if not set."""
+        if self._dualopt[id(optimizer)]:
+            return optimizer.state.get(entry.param, {}).get('anchor')
+        return self._anchors.get(entry.name)
+
+    @torch.no_grad()
+    def drift(self) -> Dict[str, float]:
+        """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``)."""
+        num: Dict[str, float] = defaultdict(float)
+        den: Dict[str, float] = defaultdict(float)
+        for optimizer in self._optimizers:
+            for entry in self._entries[id(optimizer)]:
+                if entry.mode != 'finetune':
+                    continue
+                anchor = self.anchor_of(entry, optimizer)
+                if anchor is None:
+                    continue
+                param = entry.param.detach().double()
+                anchor = anchor.double()
+                diff = float(torch.linalg.vector_norm(param - anchor)) ** 2
+                ref = float(torch.linalg.vector_norm(anchor)) ** 2
+                for key in (entry.block, 'all'):
+                    num[key] += diff
+                    den[key] += ref
+        return {key: math.sqrt(num[key] / den[key]) if den[key] > 0 else 0.0 for key in num}
+
+    @torch.no_grad()
+    def _review_step(self, optimizer: torch.optim.Optimizer, args: Tuple,
+                     kwargs: Dict) -> None:
+        """θ ← θ̂ − λ(θ̂ − a) after a non-DualOpt step (torch step post-hook)."""
+        fallback = self._fallback(optimizer)
+        params, anchors, weights = [], [], []
+        for entry in self._entries[id(optimizer)]:
+            param = entry.param
+            if param.grad is None:  # torch's optimizers skip such tensors: so does the review
+                continue
+            level = self._level(entry, optimizer, fallback)
+            if not level:
+                continue
+            group = entry.group
+            if review_setting(group, 'k_unit', fallback) == 'absolute':
+                lam = level * group['lr']
+            else:
+                lam = level * group['lr'] / group['base_lr'] if group['base_lr'] else 0.0
+            if lam > 1:
+                raise ValueError(f'review weight lambda = {lam:.4g} > 1 for {entry.name} '
+                                 f'(lr={group["lr"]!r}, level={level!r}): lower k_max')
+            params.append(param)
+            anchors.append(self._anchors[entry.name] if entry.mode == 'finetune' else None)
+            weights.append(lam)
+        apply_review(params, anchors, weights)

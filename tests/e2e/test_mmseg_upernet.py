@@ -1,0 +1,33 @@
+"""UperNet R18 (mmseg stock ADE20K config) on generated ADE20K data, through our tools.
+
+train (2 iterations, IoUMetric) -> resume to 4 iterations -> tools/test.py.
+"""
+from __future__ import annotations
+
+import pytest
+
+from dualopt_mm.testing.e2e import finite_metrics, train_resume_test
+
+pytestmark = pytest.mark.slow
+
+METRICS = ['aAcc', 'mIoU', 'mAcc']
+
+
+@pytest.mark.parametrize('variant', ['dualopt', 'stock'])
+def test_upernet_train_resume_test(variant, require_upstream, require_variant, ade20k_data,
+                                   e2e_config, checkpoint_inspector, record_iteration_times):
+    require_upstream('mmseg')
+    require_variant(variant)
+    cfg, config_path = e2e_config('upernet', ade20k_data, 2, optimizer=variant)
+    # The stock config keeps SyncBN: mmengine reverts it to BN in non-distributed runs.
+    assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
+
+    result = train_resume_test(config_path, cfg.work_dir, by_epoch=False, length=2,
+                               resumed_length=4)
+
+    assert len(result.val_records) == 2, 'one validation per run'
+    for record in result.val_records:
+        finite_metrics(record, METRICS)
+    finite_metrics(result.test_metrics, METRICS)
+    checkpoint_inspector(result.final_checkpoint, variant, expected_iter=4)
+    record_iteration_times(f'upernet_r18 crop128 b2 ({variant})', result.iteration_times)

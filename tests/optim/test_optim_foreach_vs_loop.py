@@ -1,0 +1,119 @@
+"""The foreach path equals the per-tensor loop exactly (same operations), float64 and mixed
+dtypes: a layer frozen then unfrozen, a step without any gradient, a zero-size tensor, every
+mode, bf16 anchors."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from optim_reference import clone_params, make_params, set_grads
+
+from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD
+
+CASES: list[tuple[type, dict[str, Any]]] = [
+    (DualOptSGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (DualOptSGD, dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
+    (DualOptSGD, dict(lr=0.05)),
+    (DualOptAdam, dict(lr=1e-2, weight_decay=1e-2, amsgrad=True)),
+    (DualOptAdamW, dict(lr=1e-2, weight_decay=5e-2)),
+    (DualOptAdamW, dict(lr=1e-2, maximize=True, anchor_dtype='bfloat16')),
+]
+
+
+def _params(mixed: bool) -> list[torch.Tensor]:
+    params = make_params([(4, 3), (3,), (0,), (2, 5), (5,), (3, 3), (2, 2)])
+    if mixed:  # float32 and float64 in the same groups
+        params = [p.detach().float().requires_grad_() if i % 2 else p
+                  for i, p in enumerate(params)]
+    return params
+
+
+def _groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    return [
+        {'params': params[:3], 'k_max': 0.2, 'k_min': 0.05},
+        {'params': params[3:5], 'mode': 'scratch', 'k_max': 0.1, 'lr': 3e-2},
+        {'params': params[5:6], 'mode': 'none'},
+        {'params': params[6:], 'k_max': 0.5, 'weight_decay': 0.0},
+    ]
+
+
+@pytest.mark.parametrize('mixed', [False, True], ids=['float64', 'float32+float64'])
+@pytest.mark.parametrize('cls,kwargs', CASES,
+                         ids=[f'{c[0].__name__}-{i}' for i, c in enumerate(CASES)])
+def test_foreach_equals_loop(cls: type, kwargs: dict[str, Any], mixed: bool) -> None:
+    loop_params = _params(mixed)
+    foreach_params = clone_params(loop_params)
+    loop = cls(_groups(loop_params), foreach=False, **kwargs)
+    foreach = cls(_groups(foreach_params), foreach=True, **kwargs)
+    for step in range(9):
+        if step == 4:  # a step where no parameter has a gradient
+            for p in loop_params + foreach_params:
+                p.grad = None
+        else:
+            skip = {0, 3} if step < 3 else None  # layers frozen, then unfrozen
+            set_grads(loop_params, step, skip)
+            set_grads(foreach_params, step, skip)
+        loop.step()
+        foreach.step()
+        for i, (p_loop, p_foreach) in enumerate(zip(loop_params, foreach_params)):
+            assert torch.equal(p_loop, p_foreach), f'tensor {i} step {step}'
+    for p_loop, p_foreach in zip(loop_params, foreach_params):
+        s_loop, s_foreach = loop.state[p_loop], foreach.state[p_foreach]
+        assert set(s_loop) == set(s_foreach)
+        for key in s_loop:
+            assert torch.equal(s_loop[key], s_foreach[key]), key
+
+
+def test_frozen_tensor_untouched_and_no_grad_step_is_noop() -> None:
+    params = make_params([(3, 3), (3,)])
+    before = clone_params(params)
+    opt = DualOptAdamW(params, lr=0.1, k_max=0.5, foreach=True)
+    opt.step()  # no gradients at all
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert len(opt.state) == 0
+    set_grads(params, 0, skip={1})
+    opt.step()
+    assert torch.equal(params[1], before[1])  # grad None: no learning step, no review
+    assert params[1] not in opt.state
+    assert not torch.equal(params[0], before[0])
+
+
+def test_foreach_none_follows_torch_default_on_cpu() -> None:
+    """foreach=None resolves to the loop on CPU (as torch); results equal both explicit paths."""
+    results = []
+    for foreach in (None, False, True):
+        params = make_params([(3, 2), (4,)])
+        opt = DualOptSGD(params, lr=0.1, momentum=0.9, foreach=foreach, k_max=0.3)
+        for step in range(4):
+            set_grads(params, step)
+            opt.step()
+        results.append(params)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize('foreach', [False, True])
+def test_the_requested_path_runs(monkeypatch: pytest.MonkeyPatch, foreach: bool) -> None:
+    """Guards the tests above: foreach=True really takes the foreach functions, once for
+    the whole optimizer (all groups of one bucket), and False the loop functions."""
+    from dualopt_mm.optim import adam
+
+    calls: list[str] = []
+    for name in ['_multi_tensor_adam', '_single_tensor_adam', 'review_multi_tensor',
+                 'review_tensor_']:
+        original = getattr(adam, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> None:
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(adam, name, spy)
+    params = make_params([(2, 2)] * 3)
+    opt = DualOptAdamW([{'params': [p]} for p in params], lr=0.1, foreach=foreach)
+    set_grads(params, 0)
+    opt.step()
+    if foreach:
+        assert calls == ['_multi_tensor_adam', 'review_multi_tensor']
+    else:  # the deepest tensor has k_min = 0: no review
+        assert calls == ['_single_tensor_adam', 'review_tensor_', 'review_tensor_']

@@ -1,0 +1,379 @@
+#!/usr/bin/env python
+"""Time ``step()`` of the DualOpt optimizers against torch's, on real detection/segmentation
+parameter sets, and measure their optimizer-state memory.
+
+Parameter sets (``--model``):
+
+- ``mask_rcnn``: Mask R-CNN R50-FPN (``mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py``);
+- ``upernet_swin``: UperNet Swin-T (``mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_
+  8xb2-160k_ade20k-512x512.py``).
+
+The models are built with mmengine ``Config.fromfile`` + ``MODELS.build`` with every
+``init_cfg`` / ``pretrained`` removed (no download), and the param groups are made by mmengine's
+``DefaultOptimWrapperConstructor`` with a ``paramwise_cfg`` (the config's own, or a neutral one),
+so there is one param group per trainable tensor, as in an mmengine run. Without mmdet / mmseg
+(or with ``--synthetic``) a parameter set of the same shapes is generated from the
+architectures' definitions (no mmdet, mmseg or torchvision needed).
+
+Every optimizer gets its own copy of the parameters and the same random gradients; after
+``--warmup`` steps, the steps are timed interleaved (one step of each optimizer per round, so a
+change of machine load hits all alike) for ``--repeats`` rounds: the table gives the median
+ms/step and the median of the per-round ratios. On CPU the clock is the process CPU time by
+default (``--clock cpu``; steadier on a shared machine), on CUDA the wall clock with
+synchronisation.
+The DualOpt optimizers run with their defaults (``mode='finetune'``, every trainable tensor
+reviewed: the worst case; a real fine-tuning run reviews only the backbone)::
+
+    python tools/analysis/benchmark_optimizer.py --model all --repeats 10
+    python tools/analysis/benchmark_optimizer.py --model upernet_swin --device cuda
+
+Prints a markdown table: ms/step, ratio to the torch optimizer (foreach=True), ratio loop/foreach,
+optimizer-state memory in MB and as a multiple of the parameter memory.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os.path as osp
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+CONFIGS = {
+    'mask_rcnn': ('mmdet', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'),
+    'upernet_swin': ('mmseg', 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-'
+                              '160k_ade20k-512x512.py'),
+}
+# the optimizer family of each stock config; the other family uses these settings
+SGD_KWARGS = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+ADAMW_KWARGS = dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter sets
+
+
+def _strip_init(cfg: Any) -> Any:
+    """Remove ``init_cfg`` and ``pretrained`` everywhere in a model config (no download)."""
+    if isinstance(cfg, dict):
+        return {k: _strip_init(v) for k, v in cfg.items() if k not in ('init_cfg', 'pretrained')}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(_strip_init(v) for v in cfg)
+    return cfg
+
+
+def build_real_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model of a stock mmdet / mmseg config; returns (model, optim_wrapper cfg)."""
+    from mmengine.config import Config, ConfigDict
+    from mmengine.logging import MMLogger
+    from mmengine.registry import init_default_scope
+
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no per-tensor paramwise log
+    scope, path = CONFIGS[name]
+    with tempfile.TemporaryDirectory() as tmp:  # inherit it, as a user config does
+        child = osp.join(tmp, f'{name}_benchmark.py')
+        with open(child, 'w') as f:
+            f.write(f'_base_ = {path!r}\n')
+        cfg = Config.fromfile(child)
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    model_cfg = ConfigDict(_strip_init(cfg.model.to_dict()))
+    model = MODELS.build(model_cfg)
+    return model, cfg.optim_wrapper.to_dict()
+
+
+def _conv(out_c: int, in_c: int, k: int, bias: bool = False) -> list[tuple[int, ...]]:
+    return [(out_c, in_c, k, k)] + ([(out_c,)] if bias else [])
+
+
+def _norm(c: int) -> list[tuple[int, ...]]:
+    return [(c,), (c,)]
+
+
+def _linear(out_f: int, in_f: int, bias: bool = True) -> list[tuple[int, ...]]:
+    return [(out_f, in_f)] + ([(out_f,)] if bias else [])
+
+
+def mask_rcnn_shapes() -> list[tuple[str, tuple[int, ...], bool]]:
+    """Mask R-CNN R50-FPN (mmdet defaults, frozen_stages=1, 80 classes): (name, shape,
+    requires_grad) of every parameter."""
+    out: list[tuple[str, tuple[int, ...], bool]] = []
+
+    def add(prefix: str, shapes: list[tuple[int, ...]], trainable: bool = True) -> None:
+        out.extend((f'{prefix}.{i}', s, trainable) for i, s in enumerate(shapes))
+
+    add('backbone.stem', _conv(64, 3, 7) + _norm(64), trainable=False)
+    in_c = 64
+    for stage, (blocks, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for b in range(blocks):
+            shapes = (_conv(planes, in_c, 1) + _norm(planes) + _conv(planes, planes, 3)
+                      + _norm(planes) + _conv(planes * 4, planes, 1) + _norm(planes * 4))
+            if b == 0:
+                shapes += _conv(planes * 4, in_c, 1) + _norm(planes * 4)
+            add(f'backbone.layer{stage + 1}.{b}', shapes, trainable=stage > 0)
+            in_c = planes * 4
+    for i, c in enumerate((256, 512, 1024, 2048)):
+        add(f'neck.lateral_convs.{i}', _conv(256, c, 1, bias=True))
+    for i in range(4):
+        add(f'neck.fpn_convs.{i}', _conv(256, 256, 3, bias=True))
+    add('rpn_head', _conv(256, 256, 3, True) + _conv(3, 256, 1, True) + _conv(12, 256, 1, True))
+    add('roi_head.bbox_head', _linear(1024, 256 * 7 * 7) + _linear(1024, 1024)
+        + _linear(81, 1024) + _linear(320, 1024))
+    add('roi_head.mask_head', sum((_conv(256, 256, 3, True) for _ in range(4)), [])
+        + [(256, 256, 2, 2), (256,)] + _conv(80, 256, 1, True))
+    return out
+
+
+def upernet_swin_shapes() -> list[tuple[str, tuple[int, ...], bool]]:
+    """UperNet Swin-T (mmseg: embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, 150
+    classes, auxiliary FCN head): (name, shape, requires_grad) of every parameter."""
+    out: list[tuple[str, tuple[int, ...], bool]] = []
+
+    def add(prefix: str, shapes: list[tuple[int, ...]]) -> None:
+        out.extend((f'{prefix}.{i}', s, True) for i, s in enumerate(shapes))
+
+    add('backbone.patch_embed', _conv(96, 3, 4, bias=True) + _norm(96))
+    dims = (96, 192, 384, 768)
+    for stage, (depth, heads, c) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24), dims)):
+        for b in range(depth):
+            add(f'backbone.stages.{stage}.blocks.{b}.norm', _norm(c) + _norm(c))
+            out.append((f'backbone.stages.{stage}.blocks.{b}.relative_position_bias_table',
+                        (13 * 13, heads), True))
+            add(f'backbone.stages.{stage}.blocks.{b}', _linear(3 * c, c) + _linear(c, c)
+                + _linear(4 * c, c) + _linear(c, 4 * c))
+        if stage < 3:
+            add(f'backbone.stages.{stage}.downsample.norm', _norm(4 * c))
+            add(f'backbone.stages.{stage}.downsample', _linear(2 * c, 4 * c, bias=False))
+        add(f'backbone.norm{stage}', _norm(c))
+    for i in range(4):
+        add(f'decode_head.psp_modules.{i}', _conv(512, 768, 1) + _norm(512))
+    add('decode_head.bottleneck', _conv(512, 768 + 4 * 512, 3) + _norm(512))
+    for i, c in enumerate(dims[:3]):
+        add(f'decode_head.lateral_convs.{i}', _conv(512, c, 1) + _norm(512))
+        add(f'decode_head.fpn_convs.{i}', _conv(512, 512, 3) + _norm(512))
+    add('decode_head.fpn_bottleneck', _conv(512, 2048, 3) + _norm(512))
+    add('decode_head.conv_seg', _conv(150, 512, 1, bias=True))
+    add('auxiliary_head.convs.0', _conv(256, 384, 3) + _norm(256))
+    add('auxiliary_head.conv_seg', _conv(150, 256, 1, bias=True))
+    return out
+
+
+SYNTHETIC = {'mask_rcnn': mask_rcnn_shapes, 'upernet_swin': upernet_swin_shapes}
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizers over one group per tensor
+
+
+class ParamSet:
+    """Makes fresh copies of one parameter set, grouped one tensor per param group."""
+
+    def __init__(self, name: str, synthetic: bool, device: torch.device) -> None:
+        self.name, self.device = name, device
+        self.model: Optional[nn.Module] = None
+        self.paramwise_cfg: dict[str, Any] = {}
+        if not synthetic:
+            self.model, optim_wrapper = build_real_model(name)
+            self.model.to(device)
+            # the config's own paramwise_cfg, or a neutral one: one group per tensor either way
+            self.paramwise_cfg = optim_wrapper.get('paramwise_cfg') or dict(custom_keys={})
+            self.source = f'{CONFIGS[name][1]} (built)'
+        else:
+            self.shapes = SYNTHETIC[name]()
+            self.source = f'{name}: synthetic parameters of the same shapes'
+        first = self.params_and_groups(dict(type='SGD', lr=0.01, weight_decay=0.0))[0]
+        self.num_params = sum(p.numel() for p in first)
+        self.num_tensors = len(first)
+        self.param_bytes = sum(p.numel() * p.element_size() for p in first)
+        gen = torch.Generator().manual_seed(0)
+        self.grads = [torch.randn(p.shape, generator=gen).to(device) for p in first]
+
+    def params_and_groups(self, optimizer_cfg: dict[str, Any]
+                          ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Fresh trainable params, and param groups as mmengine's constructor makes them."""
+        if self.model is not None:
+            from mmengine.optim import DefaultOptimWrapperConstructor
+
+            model = copy.deepcopy(self.model)
+            constructor = DefaultOptimWrapperConstructor(
+                dict(type='OptimWrapper', optimizer=dict(optimizer_cfg)),
+                paramwise_cfg=self.paramwise_cfg)
+            optimizer = constructor(model).optimizer
+            groups = [dict(g) for g in optimizer.param_groups]
+            params = [p for g in groups for p in g['params']]
+            return params, groups
+        weight_decay = optimizer_cfg.get('weight_decay', 0.0)
+        params, groups = [], []
+        gen = torch.Generator().manual_seed(1)
+        for name, shape, trainable in self.shapes:
+            if not trainable:
+                continue
+            p = nn.Parameter(torch.randn(shape, generator=gen).to(self.device))
+            no_decay = len(shape) == 1 or 'norm' in name or 'relative_position' in name
+            params.append(p)
+            groups.append({'params': [p], 'weight_decay': 0.0 if no_decay else weight_decay})
+        return params, groups
+
+    def build(self, cls: type, kwargs: dict[str, Any]) -> tuple[torch.optim.Optimizer,
+                                                                 list[torch.Tensor]]:
+        """``cls`` over fresh params grouped as mmengine does (lr / weight_decay per group),
+        with the shared random gradients attached."""
+        params, groups = self.params_and_groups(
+            dict(type='SGD', lr=kwargs['lr'], weight_decay=kwargs['weight_decay']))
+        groups = [{k: g[k] for k in ('params', 'lr', 'weight_decay')} for g in groups]
+        optimizer = cls(groups, **kwargs)
+        for p, grad in zip(params, self.grads):
+            p.grad = grad
+        return optimizer, params
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                total += value.numel() * value.element_size()
+    return total
+
+
+def time_steps(optimizers: dict[str, torch.optim.Optimizer], warmup: int, repeats: int,
+               device: torch.device, clock: str, progress: Callable[[str], None]
+               ) -> dict[str, list[float]]:
+    """ms of each timed step of each optimizer, stepping them interleaved (one step of each
+    per round). ``clock``: 'wall' (perf_counter, with CUDA synchronisation) or 'cpu'
+    (process CPU time of all threads: steadier on a shared CPU machine)."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    timer = time.perf_counter if clock == 'wall' else time.process_time
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for r in range(warmup + repeats):
+        for name, optimizer in optimizers.items():
+            sync()
+            start = timer()
+            optimizer.step()
+            sync()
+            if r >= warmup:
+                times[name].append((timer() - start) * 1e3)
+        progress(f'round {r + 1}/{warmup + repeats}')
+    return times
+
+
+def _median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a/b: robust to load that changes from round to round."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def benchmark(param_set: ParamSet, warmup: int, repeats: int, clock: str,
+              progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    try:
+        from dualopt_mm.optim import DualOptAdamW, DualOptSGD
+    except ImportError:  # run from a checkout without installing the package
+        sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+        from dualopt_mm.optim import DualOptAdamW, DualOptSGD
+
+    rows = []
+    families = [
+        ('AdamW', torch.optim.AdamW, DualOptAdamW, ADAMW_KWARGS),
+        ('SGD', torch.optim.SGD, DualOptSGD, SGD_KWARGS),
+    ]
+    for family, torch_cls, our_cls, kwargs in families:
+        variants = {
+            f'torch {family} (foreach)': (torch_cls, dict(kwargs, foreach=True)),
+            f'{our_cls.__name__} (foreach)': (our_cls, dict(kwargs, foreach=True)),
+            f'{our_cls.__name__} (loop)': (our_cls, dict(kwargs, foreach=False)),
+        }
+        if family == 'AdamW':
+            variants[f'{our_cls.__name__} bf16 anchor (foreach)'] = (
+                our_cls, dict(kwargs, foreach=True, anchor_dtype='bfloat16'))
+        optimizers = {}
+        for label, (cls, cls_kwargs) in variants.items():
+            progress(f'{param_set.name}: building {label}')
+            optimizers[label] = param_set.build(cls, cls_kwargs)[0]
+        times = time_steps(optimizers, warmup, repeats, param_set.device, clock,
+                           lambda msg, f=family: progress(f'{param_set.name} {f}: {msg}'))
+        base = times[f'torch {family} (foreach)']
+        ours = times[f'{our_cls.__name__} (foreach)']
+        for label, optimizer in optimizers.items():
+            nbytes = state_bytes(optimizer)
+            rows.append(dict(
+                model=param_set.name, optimizer=label, ms=statistics.median(times[label]),
+                vs_torch=_median_ratio(times[label], base),
+                loop_vs_foreach=(_median_ratio(times[label], ours) if '(loop)' in label
+                                 else None),
+                state_mb=nbytes / 2**20, state_ratio=nbytes / param_set.param_bytes))
+        del optimizers
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ['| model | optimizer | ms/step | / torch | loop / foreach | state MB | '
+             'state / params |',
+             '|---|---|---:|---:|---:|---:|---:|']
+    for r in rows:
+        loop = f'{r["loop_vs_foreach"]:.2f}' if r['loop_vs_foreach'] is not None else ''
+        lines.append(f'| {r["model"]} | {r["optimizer"]} | {r["ms"]:.1f} | '
+                     f'{r["vs_torch"]:.2f} | {loop} | {r["state_mb"]:.1f} | '
+                     f'{r["state_ratio"]:.2f} |')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', choices=['mask_rcnn', 'upernet_swin', 'all'], default='all')
+    parser.add_argument('--repeats', type=int, default=10, help='timed rounds (median)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default=None,
+                        help="'wall' (default on CUDA) or 'cpu': process CPU time (default on "
+                             'CPU, steadier on a shared machine)')
+    parser.add_argument('--synthetic', action='store_true',
+                        help='generated parameters of the same shapes (no mmdet / mmseg)')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock = args.clock or ('cpu' if device.type == 'cpu' else 'wall')
+
+    def progress(message: str) -> None:
+        print(f'[benchmark] {message}', file=sys.stderr, flush=True)
+
+    synthetic = args.synthetic
+    if not synthetic:
+        try:
+            import mmdet  # noqa: F401
+            import mmseg  # noqa: F401
+        except ImportError as error:
+            progress(f'{error}: using synthetic parameters of the same shapes')
+            synthetic = True
+    names = list(CONFIGS) if args.model == 'all' else [args.model]
+    rows, sources = [], []
+    for name in names:
+        progress(f'{name}: building the parameter set')
+        param_set = ParamSet(name, synthetic, device)
+        sources.append(f'- {param_set.source}: {param_set.num_tensors} trainable tensors '
+                       f'(one param group each), {param_set.num_params / 1e6:.1f} M parameters, '
+                       f'{param_set.param_bytes / 2**20:.0f} MB')
+        rows += benchmark(param_set, args.warmup, args.repeats, clock, progress)
+        del param_set
+    device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                   else f'CPU, torch.get_num_threads()={torch.get_num_threads()}')
+    print(f'torch {torch.__version__}, {device_name}, {clock} clock, median of {args.repeats} '
+          f'interleaved steps after {args.warmup} warm-up steps (ratios: median of per-round '
+          f'ratios), random gradients, one param group per tensor\n')
+    print('\n'.join(sources) + '\n')
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
