@@ -16,6 +16,8 @@ try:
 except ImportError:  # plain-PyTorch use: nothing to register
     pass
 else:
+    from .engine import DualOptOptimWrapperConstructor, WeightRollbackHook  # noqa: F401
     from .registry import register_optimizers
 
     register_optimizers()
+    __all__ += ['DualOptOptimWrapperConstructor', 'WeightRollbackHook']

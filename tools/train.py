@@ -74,6 +74,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.resume not in (None, 'auto') and '://' not in args.resume \
+            and not osp.isfile(args.resume):
+        parser.error(f'--resume: no checkpoint file at {args.resume!r}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -148,8 +151,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        if '://' not in args.resume and not osp.isfile(args.resume):
-            raise SystemExit(f'--resume: no checkpoint file at {args.resume!r}')
         cfg.resume = True
         cfg.load_from = args.resume
 

@@ -174,7 +174,7 @@ class DualOptAdam(DualOptOptimizer):
             group['reference_step'] = group.get('reference_step', 0) + 1
 
     def _static_key(self, group: dict[str, Any]) -> tuple:
-        return (group['betas'], group['eps'], group['amsgrad'], group['maximize'],
+        return (tuple(group['betas']), group['eps'], group['amsgrad'], group['maximize'],
                 group['decoupled_weight_decay'], group['reference'])
 
     def _new_batch(self, group: dict[str, Any]) -> _AdamBatch:

@@ -34,10 +34,14 @@ step: :math:`\theta_{t+1} = \theta_t - \eta_t (1 - \lambda) u_t - \lambda (\thet
 The review lives inside ``step()``: a step that is skipped (``torch.amp.GradScaler`` finding
 inf/NaN gradients, mmengine's ``AmpOptimWrapper``) skips the review too.
 
-Implementation: :func:`review_single_tensor` is the readable specification (``lerp_`` /
-``mul_`` per tensor); :func:`review_multi_tensor` does the same operations with
-``torch._foreach_lerp_`` / ``torch._foreach_mul_`` over all param groups at once, bucketed by
-device and dtype, so both agree exactly.
+Implementation: each optimizer has two functions of one signature that do the learning step
+and then the review step: a per-tensor loop, the readable specification (torch's own
+single-tensor operations, then :func:`review_tensor_`: ``lerp_`` toward :math:`a`, or ``mul_``
+by :math:`1 - \lambda` for :math:`a = 0`), and a ``torch._foreach_*`` version over the tensors
+of *all* param groups at once (mmengine makes one group per tensor), bucketed by device and
+dtype and cut in chunks, ending with :func:`review_multi_tensor` (``_foreach_lerp_`` /
+``_foreach_mul_``, the same operations). Both give identical results. No step synchronises
+the host with the device: scalars are Python floats, step counts are CPU tensors, as in torch.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ __all__ = [
     'apply_review',
     'review_multi_tensor',
     'review_single_tensor',
+    'review_tensor_',
 ]
 
 #: The DualOpt hyper-parameters shared by all three optimizers, with their defaults.
@@ -81,7 +86,7 @@ REVIEW_DEFAULTS: dict[str, Any] = dict(
 # Group keys that decide which tensors are reviewed and their level k_i; a change of any of
 # them (a scheduler driving k_max, say) re-resolves the levels at the next step.
 _LEVEL_KEYS = ('mode', 'k_max', 'k_min', 'gamma', 'reverse', 'skip_1d', 'layer_id',
-               'num_layers', 'reference', 'eps', 'anchor_dtype')
+               'num_layers', 'reference', 'eps')
 
 # Devices on which torch's own optimizers default to their foreach implementation.
 _FOREACH_DEVICES = ('cuda', 'xpu', 'mtia')
@@ -271,8 +276,9 @@ class DualOptOptimizer(Optimizer):
       or ``'bfloat16'`` / ``'float16'`` / ``'float32'`` / ``'float64'`` (a ``torch.dtype`` is
       accepted and stored as its name). ``'bfloat16'`` halves the anchor memory of float32
       parameters at the cost of the anchor's precision: :math:`\theta_0` keeps 8 significant
-      bits (relative error up to :math:`2^{-9} \approx 0.2\%` of each weight), so the rollback
-      pulls toward a slightly perturbed pretrained weight.
+      bits (rounding error up to :math:`2^{-8} \approx 0.4\%` of each weight), so the rollback
+      pulls toward a slightly perturbed pretrained weight (:math:`\lambda = 1` lands on the
+      rounded value).
 
     Per-parameter state: the base optimizer's (torch's names) plus ``'anchor'`` (finetune mode,
     reviewed tensors only), captured before the tensor's first update.

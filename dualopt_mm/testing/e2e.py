@@ -415,13 +415,16 @@ def train_resume_test(config_path: str,
                       by_epoch: bool,
                       length: int,
                       resumed_length: int,
-                      timeout: float = 600) -> CycleResult:
+                      timeout: float = 600,
+                      run_test: bool = True,
+                      test_args: Sequence[str] = ()) -> CycleResult:
     """Train, resume to a longer schedule, and test, each through the repository's tools.
 
     1. ``tools/train.py CFG`` for ``length`` epochs/iterations (validates and saves at the end);
     2. ``tools/train.py CFG --resume`` (latest checkpoint in ``work_dir``) with the length raised
        to ``resumed_length``; checked to continue from the saved iteration;
-    3. ``tools/test.py CFG <final checkpoint> --out predictions.pkl``.
+    3. ``tools/test.py CFG <final checkpoint> --out predictions.pkl`` plus ``test_args``
+       (skipped when ``run_test`` is false: ``test_metrics`` is then empty).
 
     The subprocesses run without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (see :func:`tool_env`), so
     steps 2 and 3 load checkpoints with torch's ``weights_only=True`` default.
@@ -463,11 +466,14 @@ def train_resume_test(config_path: str,
 
     test_dir = osp.join(work_dir, 'test')
     predictions = osp.join(test_dir, 'predictions.pkl')
-    tested = run_tool(['python', test, config_path, final_checkpoint, '--work-dir', test_dir,
-                       '--out', predictions], timeout=timeout,
-                      log_file=osp.join(work_dir, 'test_stdout.log'))
-    outputs['test'] = tested.stdout + tested.stderr
-    if not osp.isfile(predictions):
-        raise AssertionError(f'tools/test.py --out wrote no {predictions}')
+    test_metrics: Dict[str, Any] = {}
+    if run_test:
+        tested = run_tool(['python', test, config_path, final_checkpoint, '--work-dir', test_dir,
+                           '--out', predictions, *test_args], timeout=timeout,
+                          log_file=osp.join(work_dir, 'test_stdout.log'))
+        outputs['test'] = tested.stdout + tested.stderr
+        if not osp.isfile(predictions):
+            raise AssertionError(f'tools/test.py --out wrote no {predictions}')
+        test_metrics = read_test_metrics(test_dir)
     return CycleResult(work_dir, first_checkpoint, final_checkpoint, train_records,
-                       resume_records, read_test_metrics(test_dir), predictions, outputs)
+                       resume_records, test_metrics, predictions, outputs)

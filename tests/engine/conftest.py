@@ -48,7 +48,8 @@ def make_toy_runner(work_dir: str,
                     checkpoint_interval: int = 2,
                     load_from: Optional[str] = None,
                     resume: bool = False,
-                    param_scheduler: Any = None) -> Runner:
+                    param_scheduler: Any = None,
+                    launcher: str = 'none') -> Runner:
     """A real Runner (IterBasedTrainLoop, fixed batches, deterministic) on the toy data."""
     enable_mmengine_checkpoint_loading()
     optim_wrapper: Dict[str, Any] = dict(optimizer=dict(optimizer or SGD))
@@ -81,6 +82,8 @@ def make_toy_runner(work_dir: str,
         load_from=load_from,
         resume=resume,
         default_scope='mmengine',
+        launcher=launcher,
+        env_cfg=dict(dist_cfg=dict(backend='gloo')),
     )
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from optim_reference import clone_params, make_grad, make_params, set_grads
 
-from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD
+from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD, review
 
 
 @pytest.mark.parametrize('foreach', [False, True])
@@ -114,3 +114,22 @@ def test_default_strength_is_one_percent_at_base_lr_for_any_lr(
         set_grads(params, 0)
         opt.step()
         assert weights == pytest.approx([0.01, 0.005])  # the deepest tensor gets k_min = 0
+
+
+@pytest.mark.parametrize('foreach', [None, False, True])
+def test_apply_review_formula(foreach: bool) -> None:
+    """The public review step: theta - lambda (theta - a), a = 0 for a None anchor; a bf16
+    anchor is upcast; lambda = 0 leaves the tensor alone."""
+    params = make_params([(3, 3), (4,), (2, 2), (5,)])
+    anchors = [p.detach() * 0.5 for p in params]
+    anchors[1] = None
+    anchors[2] = anchors[2].bfloat16()
+    weights = [0.25, 0.1, 0.5, 0.0]
+    expected = []
+    for p, a, w in zip(params, anchors, weights):
+        a = torch.zeros_like(p) if a is None else a.to(p.dtype)
+        expected.append(p.detach() - w * (p.detach() - a))
+    with torch.no_grad():
+        review.apply_review(params, anchors, weights, foreach=foreach)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-15, atol=1e-15)

@@ -100,3 +100,17 @@ def test_loads_a_torch_adamw_checkpoint() -> None:
     ours.step()
     assert torch.equal(ours.state[params[0]]['anchor'], before)
     assert float(ours.state[params[0]]['step']) == 2.0
+
+
+def test_deepcopy_keeps_state_and_levels() -> None:
+    import copy
+
+    params = make_params([(3, 3), (3,)])
+    opt = DualOptAdamW(params, lr=1e-2, k_max=0.2, anchor_dtype='bfloat16')
+    set_grads(params, 0)
+    opt.step()
+    clone = copy.deepcopy(opt)
+    assert clone.review_levels()[0][1:] == (0, 2, 0.2)
+    cloned_anchor = clone.state[clone.param_groups[0]['params'][0]]['anchor']
+    assert cloned_anchor.dtype == torch.bfloat16
+    assert torch.equal(cloned_anchor, opt.state[params[0]]['anchor'])

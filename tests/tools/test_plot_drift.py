@@ -51,6 +51,10 @@ def write_mmengine_log(log_dir: Path, iters: List[int], with_levels: bool = True
                 levels.append({'name': f'{block}.{suffix}', 'block': block, 'layer_id': b,
                                'num_layers': len(BLOCKS), 'level': 0.01 * (1 - b / 3),
                                'lr': 1e-4, 'weight_decay': 0.0, 'mode': 'finetune'})
+        for name in ('neck.weight', 'head.weight', 'head.bias'):  # new layers: not reviewed
+            levels.append({'name': name, 'block': name.rsplit('.', 1)[0], 'layer_id': None,
+                           'num_layers': None, 'level': None, 'lr': 1e-4,
+                           'weight_decay': 0.0, 'mode': 'none'})
         (log_dir / 'dualopt_levels.json').write_text(json.dumps(levels))
 
 
@@ -101,6 +105,7 @@ def test_block_depths_follow_levels(tmp_path: Path) -> None:
     levels = tool.read_levels(str(tmp_path / 'dualopt_levels.json'))
     depth = tool.block_depths(BLOCKS + ['all'], levels)
     assert [depth[b] for b in BLOCKS] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert len(tool.reviewed(levels)) == 2 * len(BLOCKS)  # the three null entries left out
 
 
 def test_log_dir_curves_and_levels(tmp_path: Path) -> None:
@@ -139,6 +144,20 @@ def test_forgetting_drift_and_log_in_one_figure(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert 'methods' in proc.stdout
     assert_valid_png(out)
+
+
+def test_relative_panel(tmp_path: Path) -> None:
+    write_forgetting_drift(tmp_path / 'drift.json')
+    out = tmp_path / 'rel.png'
+    proc = run_tool('--drift', str(tmp_path / 'drift.json'), '--relative-to', 'finetune',
+                    '--out', str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert 'methods, relative' in proc.stdout
+    assert_valid_png(out)
+
+    proc = run_tool('--drift', str(tmp_path / 'drift.json'), '--relative-to', 'sgd',
+                    '--out', str(tmp_path / 'r2.png'))
+    assert proc.returncode == 1 and "--relative-to 'sgd' is not one of" in proc.stderr
 
 
 def test_errors_are_clear(tmp_path: Path) -> None:

@@ -229,7 +229,8 @@ class ParamSet:
         with the shared random gradients attached."""
         params, groups = self.params_and_groups(
             dict(type='SGD', lr=kwargs['lr'], weight_decay=kwargs['weight_decay']))
-        groups = [{k: g[k] for k in ('params', 'lr', 'weight_decay')} for g in groups]
+        groups = [{k: v for k, v in g.items() if k in ('params', 'lr', 'weight_decay')}
+                  for g in groups]
         optimizer = cls(groups, **kwargs)
         for p, grad in zip(params, self.grads):
             p.grad = grad

@@ -109,7 +109,8 @@ def read_levels(path: str) -> List[Dict[str, Any]]:
     """Read ``dualopt_levels.json`` (a list of per-tensor dicts).
 
     Raises:
-        ValueError: not a list of objects with the keys name, block, layer_id, num_layers, level.
+        ValueError: not a list of objects with the keys name, block, layer_id, num_layers, level
+            (the last three may be null for tensors that are not reviewed).
     """
     with open(path, encoding='utf-8') as f:
         entries = json.load(f)
@@ -145,12 +146,19 @@ def read_forgetting_drift(path: str) -> Dict[str, Any]:
 # drawing
 
 
+def reviewed(levels: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The entries that carry a layer index and a level (the hook writes ``None`` for tensors
+    it does not review: ``mode='none'`` groups such as new heads, skipped 1-d tensors)."""
+    return [e for e in levels
+            if e['layer_id'] is not None and e['num_layers'] is not None and e['level'] is not None]
+
+
 def block_depths(series_names: Sequence[str],
                  levels: Optional[List[Dict[str, Any]]]) -> Dict[str, float]:
     """Relative depth in [0, 1] of every block: from the levels file, else from logging order."""
     depth: Dict[str, float] = {}
     if levels:
-        for entry in levels:
+        for entry in reviewed(levels):
             n = max(int(entry['num_layers']) - 1, 1)
             depth.setdefault(str(entry['block']), int(entry['layer_id']) / n)
     unknown = [b for b in series_names if b != 'all' and b not in depth]
@@ -181,7 +189,10 @@ def plot_curves(ax: Any, series: Dict[str, List[Tuple[float, float]]], x_key: st
 
 
 def plot_levels(ax: Any, levels: List[Dict[str, Any]], cmap: Any) -> None:
-    """Level k_i of every tensor vs its layer index, coloured by depth."""
+    """Level k_i of every reviewed tensor vs its layer index, coloured by depth."""
+    skipped = len(levels) - len(reviewed(levels))
+    levels = reviewed(levels)
+    modes = sorted({str(e.get('mode', '?')) for e in levels})
     xs = [int(e['layer_id']) for e in levels]
     ys = [float(e['level']) for e in levels]
     n = max(max(int(e['num_layers']) for e in levels) - 1, 1)
@@ -191,7 +202,12 @@ def plot_levels(ax: Any, levels: List[Dict[str, Any]], cmap: Any) -> None:
         by_layer.setdefault(x, y)
     layer_ids = sorted(by_layer)
     ax.step(layer_ids, [by_layer[i] for i in layer_ids], where='mid', color='0.6', lw=1, zorder=2)
-    modes = sorted({str(e.get('mode', '?')) for e in levels})
+    if skipped:
+        ax.text(0.98, 0.95, f'{skipped} tensor(s) not reviewed', transform=ax.transAxes,
+                ha='right', va='top', fontsize=7, color='0.4')
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('layer index i (0 = shallowest)')
     ax.set_ylabel('level k_i')
     ax.set_title(f'DualOpt level profile (mode: {", ".join(modes)})')
@@ -275,8 +291,11 @@ def make_figure(log_dir: Optional[str], drift_json: Optional[str], out: str, dpi
         else:
             print(f'warning: {log_dir}: no vis_data/scalars.json, drawing levels only',
                   file=sys.stderr)
-        if levels:
+        if levels and reviewed(levels):
             panels.append(('levels', levels))
+        elif levels:
+            print(f'warning: {levels_path}: no reviewed tensor (every layer_id is null), '
+                  'no level panel', file=sys.stderr)
         elif levels_path is None:
             print(f'warning: {log_dir}: no dualopt_levels.json, drawing drift curves only',
                   file=sys.stderr)

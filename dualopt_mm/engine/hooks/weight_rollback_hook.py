@@ -133,9 +133,13 @@ def checkpoint_tensors_shapes(state_dict: Dict[str, Any], prefix: str = '') -> D
 
 
 def _state_dict_of(checkpoint: Any) -> Dict[str, Any]:
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
-        return checkpoint['state_dict']
-    return checkpoint if isinstance(checkpoint, dict) else {}
+    """The weights of a loaded checkpoint (``state_dict``, ``model`` or the dict itself)."""
+    if not isinstance(checkpoint, dict):
+        return {}
+    for key in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
 
 
 def lr_peak_factor(scheduler: Any, base_lr: float) -> float:
@@ -158,7 +162,10 @@ def lr_peak_factor(scheduler: Any, base_lr: float) -> float:
                                 CosineRestartParamScheduler)):
         eta_min = getattr(scheduler, 'eta_min', None)
         ratio = getattr(scheduler, 'eta_min_ratio', None)
-        factor = ratio if ratio is not None else (eta_min or 0.0) / base_lr if base_lr else 1.0
+        if ratio is not None:
+            factor = ratio
+        else:
+            factor = (eta_min or 0.0) / base_lr if base_lr else 1.0
         weights = getattr(scheduler, 'restart_weights', None)
         if weights:
             factor = max(factor, max(weights))
@@ -515,7 +522,7 @@ class WeightRollbackHook(Hook):
                     if self.check_lambda == 'error':
                         raise ValueError(message)
                     print_log(message, logger='current', level=logging.WARNING)
-                    return
+                    return  # one warning is enough
 
     def level_rows(self) -> List[Dict[str, Any]]:
         """The rows of ``dualopt_levels.json`` (one per tensor the hook knows)."""
@@ -559,9 +566,12 @@ class WeightRollbackHook(Hook):
 
     @torch.no_grad()
     def drift(self) -> Dict[str, float]:
-        """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``)."""
-        num: Dict[str, float] = defaultdict(float)
-        den: Dict[str, float] = defaultdict(float)
+        """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``).
+
+        Squared norms are accumulated in float64 and read back with one device sync.
+        """
+        blocks: List[str] = []
+        squares: List[torch.Tensor] = []  # per tensor: ‖θ − θ_0‖², ‖θ_0‖²
         for optimizer in self._optimizers:
             for entry in self._entries[id(optimizer)]:
                 if entry.mode != 'finetune':
@@ -569,13 +579,20 @@ class WeightRollbackHook(Hook):
                 anchor = self.anchor_of(entry, optimizer)
                 if anchor is None:
                     continue
-                param = entry.param.detach().double()
-                anchor = anchor.double()
-                diff = float(torch.linalg.vector_norm(param - anchor)) ** 2
-                ref = float(torch.linalg.vector_norm(anchor)) ** 2
-                for key in (entry.block, 'all'):
-                    num[key] += diff
-                    den[key] += ref
+                param = entry.param.detach()
+                anchor = anchor.to(param.dtype)
+                squares.append(torch.stack([
+                    torch.linalg.vector_norm(param - anchor, dtype=torch.float64)**2,
+                    torch.linalg.vector_norm(anchor, dtype=torch.float64)**2]).cpu())
+                blocks.append(entry.block)
+        if not squares:
+            return {}
+        num: Dict[str, float] = defaultdict(float)
+        den: Dict[str, float] = defaultdict(float)
+        for block, (diff, ref) in zip(blocks, torch.stack(squares).tolist()):
+            for key in (block, 'all'):
+                num[key] += diff
+                den[key] += ref
         return {key: math.sqrt(num[key] / den[key]) if den[key] > 0 else 0.0 for key in num}
 
     @torch.no_grad()
