@@ -68,8 +68,9 @@ def _assert_trained(work_dir: Path, checkpoint: str) -> None:
 
 def _require_engine_registered() -> None:
     """Our mmdet config needs the constructor and the hook that ``import dualopt_mm`` registers."""
-    import dualopt_mm  # noqa: F401
     from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+
+    import dualopt_mm  # noqa: F401
 
     if 'DualOptOptimWrapperConstructor' not in OPTIM_WRAPPER_CONSTRUCTORS \
             or 'WeightRollbackHook' not in HOOKS:

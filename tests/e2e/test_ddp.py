@@ -1,4 +1,4 @@
-"""DDP smoke on CPU: ``torchrun --nproc_per_node=2 tools/train.py CFG --launcher pytorch``.
+"""DDP smoke on CPU: ``tools/dist_train.sh CFG 2`` (torchrun ... --launcher pytorch).
 
 Two gloo processes train mmpretrain's stock ResNet-18 for one epoch of 2 iterations (6 images
 per rank and iteration) and validate. ``RankStateDigestHook`` makes every rank write digests of
@@ -9,6 +9,8 @@ that read ``ddp_run.work_dir`` / ``ddp_run.checkpoint`` / ``ddp_run.digests`` to
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict
 
@@ -20,6 +22,12 @@ from dualopt_mm.testing.e2e import REPO_ROOT, iteration_times, read_scalars, run
 pytestmark = pytest.mark.slow
 
 WORLD_SIZE = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 @dataclass
@@ -49,11 +57,12 @@ def ddp_run(request, tmp_path_factory, require_upstream, require_variant, classi
     cfg.custom_hooks = [dict(type='RankStateDigestHook')]
     config_path = dump_config(cfg, str(tmp / 'resnet_ddp.py'))
 
+    # Through our launcher script (torchrun), with this interpreter and a free port.
     result = run_tool(
-        ['python', '-m', 'torch.distributed.run', '--standalone',
-         f'--nproc_per_node={WORLD_SIZE}', os.path.join(REPO_ROOT, 'tools', 'train.py'),
-         config_path, '--launcher', 'pytorch'],
-        timeout=600, env={'OMP_NUM_THREADS': '1'},
+        ['bash', os.path.join(REPO_ROOT, 'tools', 'dist_train.sh'), config_path,
+         str(WORLD_SIZE)],
+        timeout=600, env={'OMP_NUM_THREADS': '1', 'PYTHON': sys.executable,
+                          'PORT': str(_free_port())},
         log_file=str(tmp / 'torchrun_stdout.log'))
     output = result.stdout + result.stderr
     record_iteration_times(f'resnet18 56x56 b6x2 DDP gloo ({variant})',

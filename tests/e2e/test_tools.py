@@ -37,10 +37,12 @@ def keep_local_rank(monkeypatch):
     monkeypatch.delenv('LOCAL_RANK', raising=False)
 
 
-def test_train_resume_forms(train_tool, keep_local_rank):
+def test_train_resume_forms(train_tool, keep_local_rank, tmp_path):
+    checkpoint = tmp_path / 'iter_4.pth'
+    checkpoint.write_bytes(b'')
     assert train_tool.parse_args(['c.py']).resume is None
     assert train_tool.parse_args(['c.py', '--resume']).resume == 'auto'
-    assert train_tool.parse_args(['c.py', '--resume', 'x.pth']).resume == 'x.pth'
+    assert train_tool.parse_args(['c.py', '--resume', str(checkpoint)]).resume == str(checkpoint)
 
 
 @pytest.mark.parametrize('flag', ['--local-rank', '--local_rank'])

@@ -184,3 +184,75 @@ def test_help() -> None:
     proc = run_tool('--help')
     assert proc.returncode == 0
     assert '--log-dir' in proc.stdout and '--drift' in proc.stdout and '--out' in proc.stdout
+
+
+RUNNER_SCRIPT = '''
+import sys
+import torch
+from torch import nn
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+import dualopt_mm  # noqa: F401  (registers the optimizers, constructor and hook)
+
+
+class Net(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                                      nn.Linear(8, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        logits = self.head(self.backbone(inputs))
+        if mode == 'loss':
+            return dict(loss=nn.functional.cross_entropy(logits, labels))
+        return logits
+
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 32
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return dict(inputs=torch.randn(4, generator=g), labels=torch.tensor(i % 2))
+
+
+def collate(batch):
+    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+Runner(model=Net(), work_dir=sys.argv[1],
+       train_dataloader=dict(dataset=Data(), batch_size=8, collate_fn=collate,
+                             sampler=dict(type='InfiniteSampler', shuffle=True)),
+       train_cfg=dict(by_epoch=False, max_iters=20),
+       optim_wrapper=dict(optimizer=dict(type='DualOptAdamW', lr=1e-2),
+                          constructor='DualOptOptimWrapperConstructor'),
+       custom_hooks=[dict(type='WeightRollbackHook', interval=5)],
+       default_hooks=dict(logger=dict(type='LoggerHook', interval=5),
+                          checkpoint=dict(type='CheckpointHook', interval=-1))).train()
+'''
+
+
+@pytest.mark.slow
+def test_real_mmengine_run(tmp_path: Path) -> None:
+    """What WeightRollbackHook + LoggerHook really write is what the tool reads."""
+    pytest.importorskip('mmengine')
+    script = tmp_path / 'train.py'
+    script.write_text(RUNNER_SCRIPT)
+    work_dir = tmp_path / 'work'
+    proc = subprocess.run([sys.executable, str(script), str(work_dir)], capture_output=True,
+                          text=True, timeout=600, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tool = load_tool()
+    scalars, levels = tool.find_log_files(str(work_dir))
+    assert scalars is not None and levels is not None
+    series, x_key = tool.read_drift_scalars(scalars)
+    assert x_key == 'iter' and 'all' in series and len(series) >= 2
+    assert [x for x, _ in series['all']] == [5.0, 10.0, 15.0, 20.0]
+    assert tool.reviewed(tool.read_levels(levels))
+    out = tmp_path / 'drift.png'
+    proc = run_tool('--log-dir', str(work_dir), '--out', str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert 'curves, levels' in proc.stdout
+    assert_valid_png(out)

@@ -74,7 +74,7 @@ def build_real_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
 
-    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no per-tensor paramwise log
+    MMLogger.get_current_instance().setLevel(logging.ERROR)  # no per-tensor paramwise log
     scope, path = CONFIGS[name]
     with tempfile.TemporaryDirectory() as tmp:  # inherit it, as a user config does
         child = osp.join(tmp, f'{name}_benchmark.py')

@@ -2,8 +2,8 @@
 
 Everything here runs on the CPU in seconds: the data is scikit-learn's bundled *digits* set
 (1797 grey 8x8 images of the digits 0-9, shipped inside the ``scikit-learn`` wheel, so nothing
-is downloaded), the model is a five-layer CNN backbone plus a linear head, and training is
-full-batch-in-memory mini-batch SGD/Adam.
+is downloaded), the model is a five-layer CNN backbone plus a linear head, and training runs
+mini-batches over tensors held in memory (no data loader).
 
 Conventions shared by both tools:
 

@@ -57,7 +57,7 @@ fi
 log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools"
 $PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' torchvision==0.28.0 \
   mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 openmim==0.3.9 \
-  pycocotools ftfy regex 'numpy<2.4' matplotlib scikit-learn tensorboard \
+  pycocotools ftfy regex 'numpy<2.4' matplotlib scikit-learn tensorboard tqdm \
   pytest pytest-timeout ruff
 
 log "4/6 guarding torchvision's CUDA-only op registrations"
