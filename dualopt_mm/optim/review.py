@@ -142,7 +142,7 @@ def bucket_chunks(tensors: Sequence[Tensor], extra_keys: Optional[Sequence[Hasha
             bucket.append(i)
     chunks = []
     for key, indices in buckets.items():
-        limit = _CHUNK_NUMEL_CPU if key[0].type == 'cpu' else _CHUNK_NUMEL_ACCELERATOR
+        limit = _chunk_numel(key[0])
         chunk: list[int] = []
         numel = 0
         for i in indices:
@@ -157,18 +157,36 @@ def bucket_chunks(tensors: Sequence[Tensor], extra_keys: Optional[Sequence[Hasha
     return chunks
 
 
+def _chunk_numel(device: torch.device) -> int:
+    return _CHUNK_NUMEL_CPU if device.type == 'cpu' else _CHUNK_NUMEL_ACCELERATOR
+
+
+def _upcast_slices(param: Tensor, anchor: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(param, anchor) cut into flat slices of at most one chunk, so the upcast copy of a
+    low-precision anchor stays small (no large temporary allocation per step)."""
+    limit = _chunk_numel(param.device)
+    if param.numel() <= limit or not (param.is_contiguous() and anchor.is_contiguous()):
+        return [(param, anchor)]
+    flat_param, flat_anchor = param.view(-1), anchor.view(-1)
+    return [(flat_param[s:s + limit], flat_anchor[s:s + limit])
+            for s in range(0, flat_param.numel(), limit)]
+
+
 def review_tensor_(param: Tensor, anchor: Optional[Tensor], weight: float) -> None:
     r""":math:`\theta \leftarrow \theta - \lambda(\theta - a)` for one tensor, in place.
 
     ``anchor=None`` means :math:`a = 0` (scratch mode): ``mul_(1 - weight)``; otherwise
     ``lerp_(a, weight)``, with an anchor of another dtype (``anchor_dtype='bfloat16'``) upcast
-    to the tensor's dtype. ``weight`` is :math:`\lambda \in [0, 1]`; 1 lands exactly on
-    :math:`a`.
+    to the tensor's dtype a slice at a time. ``weight`` is :math:`\lambda \in [0, 1]`; 1 lands
+    exactly on :math:`a`.
     """
     if anchor is None:
         param.mul_(1.0 - weight)
+    elif anchor.dtype == param.dtype:
+        param.lerp_(anchor, weight)
     else:
-        param.lerp_(anchor if anchor.dtype == param.dtype else anchor.to(param.dtype), weight)
+        for param_slice, anchor_slice in _upcast_slices(param, anchor):
+            param_slice.lerp_(anchor_slice.to(param.dtype), weight)
 
 
 def review_single_tensor(params: list[Tensor], anchors: list[Optional[Tensor]],
@@ -203,10 +221,23 @@ def review_multi_tensor(params: list[Tensor], anchors: list[Optional[Tensor]],
             torch._foreach_mul_(chunk_params, [1.0 - w for w in chunk_weights])
         elif anchor_dtype == dtype:
             torch._foreach_lerp_(chunk_params, [anchors[i] for i in idx], chunk_weights)
-        else:  # low-precision anchors, upcast one chunk at a time
-            torch._foreach_lerp_(chunk_params,
-                                 [anchors[i].to(dtype) for i in idx],  # type: ignore[union-attr]
-                                 chunk_weights)
+        else:  # low-precision anchors: upcast at most one chunk of elements per call
+            limit = _chunk_numel(chunk_params[0].device)
+            batch: list[tuple[Tensor, Tensor, float]] = []
+            numel = 0
+            for i in idx:
+                for param_slice, anchor_slice in _upcast_slices(params[i], anchors[i]):
+                    if batch and numel + param_slice.numel() > limit:
+                        _lerp_upcast(batch, dtype)
+                        batch, numel = [], 0
+                    batch.append((param_slice, anchor_slice, weights[i]))
+                    numel += param_slice.numel()
+            _lerp_upcast(batch, dtype)
+
+
+def _lerp_upcast(batch: list[tuple[Tensor, Tensor, float]], dtype: torch.dtype) -> None:
+    torch._foreach_lerp_([p for p, _, _ in batch], [a.to(dtype) for _, a, _ in batch],
+                         [w for _, _, w in batch])
 
 
 def apply_review(params: list[Tensor], anchors: list[Optional[Tensor]], weights: list[float],

@@ -134,3 +134,19 @@ def test_frozen_tensors_not_indexed() -> None:
     params[0].requires_grad_(False)
     opt = DualOptSGD(params, lr=0.1)
     assert [r[1:3] for r in opt.review_levels()] == [(None, None), (0, 2), (1, 2)]
+
+
+@pytest.mark.parametrize('cls', [DualOptSGD, DualOptAdam, DualOptAdamW])
+def test_step_closure_returns_loss(cls: type) -> None:
+    params = make_params([(3,)])
+
+    def closure() -> torch.Tensor:
+        loss = (params[0] ** 2).sum()
+        params[0].grad = None
+        loss.backward()
+        return loss
+
+    opt = cls(params, lr=0.1)
+    expected = float((params[0].detach() ** 2).sum())
+    assert float(opt.step(closure)) == pytest.approx(expected)
+    assert opt.step() is None

@@ -117,3 +117,24 @@ def test_the_requested_path_runs(monkeypatch: pytest.MonkeyPatch, foreach: bool)
         assert calls == ['_multi_tensor_adam', 'review_multi_tensor']
     else:  # the deepest tensor has k_min = 0: no review
         assert calls == ['_single_tensor_adam', 'review_tensor_', 'review_tensor_']
+
+
+def test_large_tensors_are_chunked_and_sliced_alike() -> None:
+    """Tensors above the CPU chunk size (64 Ki elements), with bf16 anchors upcast slice by
+    slice: both paths equal each other and the formula."""
+    shapes = [(300, 300), (70_000,), (5,)]
+    loop_params = make_params(shapes, dtype=torch.float32)
+    foreach_params = clone_params(loop_params)
+    theta0 = clone_params(loop_params)
+    kwargs = dict(lr=0.1, k_max=0.5, k_min=0.5, anchor_dtype='bfloat16')
+    loop = DualOptSGD(loop_params, foreach=False, **kwargs)
+    foreach = DualOptSGD(foreach_params, foreach=True, **kwargs)
+    set_grads(loop_params, 0)
+    set_grads(foreach_params, 0)
+    loop.step()
+    foreach.step()
+    for p_loop, p_foreach, p0 in zip(loop_params, foreach_params, theta0):
+        assert torch.equal(p_loop, p_foreach)
+        theta_hat = p0 - 0.1 * p_loop.grad
+        expected = theta_hat.lerp(p0.bfloat16().float(), 0.5)
+        torch.testing.assert_close(p_loop, expected, rtol=1e-6, atol=1e-6)
