@@ -264,7 +264,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     # -- param groups ----------------------------------------------------------------------
     def annotate(self, params: List[dict], model: nn.Module) -> None:
         """Write the DualOpt keys into the groups that ``add_params`` made (in place)."""
-        name_of = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        name_of = {id(p): n for n, p in model.named_parameters()}  # first name of a shared one
         names = []
         for group in params:
             if len(group['params']) != 1:

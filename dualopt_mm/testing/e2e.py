@@ -124,7 +124,7 @@ def _shrink_mmdet_mask_rcnn(cfg: Config, data: GeneratedDataset) -> None:
         dataset.ann_file = f'annotations/instances_{split}.json'
         dataset.data_prefix = dict(img=f'{split}/')
         dataset.metainfo = dict(classes=list(data.classes),
-                                palette=[list(c) for c in data.palette])
+                                palette=[tuple(c) for c in data.palette])
     for name in ('val_evaluator', 'test_evaluator'):
         cfg[name].ann_file = data.paths['val_ann_file']
 
@@ -140,11 +140,11 @@ def _shrink_mmseg_upernet(cfg: Config, data: GeneratedDataset) -> None:
     cfg.model.decode_head.in_channels = [64, 128, 256, 512]
     cfg.model.auxiliary_head.in_channels = 256
     cfg.model.data_preprocessor.size = (side, side)
-    for name in ('crop_size', 'data_preprocessor'):  # top-level copies, for readability
-        if name == 'crop_size' and name in cfg:
-            cfg.crop_size = (side, side)
-        elif cfg.get(name) is not None and 'size' in cfg[name]:
-            cfg[name].size = (side, side)
+    # The top-level copies are unused after parsing; kept consistent for readers of the dump.
+    if 'crop_size' in cfg:
+        cfg.crop_size = (side, side)
+    if cfg.get('data_preprocessor') is not None and 'size' in cfg.data_preprocessor:
+        cfg.data_preprocessor.size = (side, side)
     if data.num_classes != cfg.model.decode_head.num_classes:
         raise ValueError(f'the ADE20K config has {cfg.model.decode_head.num_classes} classes, '
                          f'the generated data {data.num_classes}')

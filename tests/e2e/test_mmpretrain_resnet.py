@@ -1,8 +1,9 @@
 """ResNet-18 classifier (mmpretrain stock ImageNet config) on generated folders, through our tools.
 
 train (1 epoch = 6 iterations, Accuracy top-1/top-5) -> resume to epoch 2 -> tools/test.py.
-Cheap, so several optimizer variants run: stock SGD (with ``tools/test.py --show-dir``),
-DualOptSGD (the one-line change) and DualOptAdamW (a replaced optimizer; train and resume).
+Variants: DualOptSGD (the one-line change; the test step also runs ``--show-dir``),
+DualOptAdamW (a replaced optimizer; train and resume) and, with ``--e2e-optimizers=stock|all``,
+the stock SGD baseline.
 """
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ ADAMW = dict(type='DualOptAdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05
 
 
 @pytest.mark.parametrize('variant', ['stock', 'dualopt', 'dualopt_adamw'])
-def test_resnet_train_resume_test(variant, require_upstream, dualopt_available,
+def test_resnet_train_resume_test(variant, require_upstream, require_variant,
                                   classification_data, e2e_config, checkpoint_inspector,
                                   record_iteration_times):
     require_upstream('mmpretrain')
-    if variant != 'stock' and not dualopt_available:
-        pytest.skip('dualopt_mm optimizers are not importable yet')
+    require_variant('stock' if variant == 'stock' else 'dualopt')
     optimizer = ADAMW if variant == 'dualopt_adamw' else variant
     cfg, config_path = e2e_config('resnet', classification_data, 1, optimizer=optimizer)
     show_dir = os.path.join(cfg.work_dir, 'show')
@@ -34,7 +34,7 @@ def test_resnet_train_resume_test(variant, require_upstream, dualopt_available,
 
     result = train_resume_test(config_path, cfg.work_dir, by_epoch=True, length=1,
                                resumed_length=2, run_test=variant != 'dualopt_adamw',
-                               test_args=show_args if variant == 'stock' else ())
+                               test_args=show_args if variant == 'dualopt' else ())
 
     assert len(result.val_records) == 2, 'one validation per run'
     for record in result.val_records:
@@ -49,6 +49,6 @@ def test_resnet_train_resume_test(variant, require_upstream, dualopt_available,
     with open(result.predictions, 'rb') as f:
         predictions = pickle.load(f)
     assert len(predictions) == classification_data.num_images['val']
-    if variant == 'stock':
+    if variant == 'dualopt':
         drawn = [f for _, _, files in os.walk(show_dir) for f in files if f.endswith('.png')]
         assert len(drawn) == classification_data.num_images['val']

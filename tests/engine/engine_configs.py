@@ -78,7 +78,7 @@ def shrink_mmpretrain(cfg, data):
     side = min(data.image_size)
     model = cfg.model
     if model.backbone.type == 'SwinTransformer':  # Swin-L 384 -> Swin-T at 56 px
-        model.backbone.update(arch='tiny', img_size=56)
+        model.backbone.update(arch='tiny', img_size=56, pad_small_map=True)
         model.head.in_channels = 768
     elif model.backbone.type == 'ResNet' and model.backbone.depth == 50:
         model.backbone.depth = 18

@@ -169,3 +169,16 @@ def test_bad_options_raise_naming_the_value(paramwise_cfg, message):
 def test_conflicting_values_raise():
     with pytest.raises(ValueError, match='k_max is given twice'):
         build(optimizer=dict(SGD, type='DualOptSGD', k_max=0.1), dualopt=dict(k_max=0.2))
+
+
+def test_flat_decay_mult_and_shared_weights():
+    got = {r[0]: r for r in table(build(flat_decay_mult=0.0))}
+    assert got['backbone.bn1.bias'][6] == 0.0 and got['head.bias'][6] == 0.0
+    assert got['backbone.conv1.weight'][6] == 1e-4
+    model = ToyDetector()
+    model.tied = torch.nn.Linear(8, 2)
+    model.tied.weight = model.head.weight  # a shared tensor, visited twice by add_params
+    with pytest.raises(ValueError, match=r"\['head.weight'\].*bypass_duplicate=True"):
+        build(model)
+    got = table(build(model, bypass_duplicate=True))
+    assert [r[0] for r in got][-3:] == ['head.weight', 'head.bias', 'tied.bias']

@@ -7,6 +7,7 @@ head, with AdamW(lr=1e-4, weight_decay=0.05), ``norm_decay_mult=0`` and the defa
 import pytest
 import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope
 
 import dualopt_mm.engine  # noqa: F401
 
@@ -33,7 +34,9 @@ def build_backbone(scope: str, cfg: dict) -> nn.Module:
     else:
         import mmpretrain.models  # noqa: F401
         from mmpretrain.registry import MODELS
-    return MODELS.build(cfg)
+    # the current default scope (set by any earlier Runner) would win over the registry's own
+    with DefaultScope.overwrite_default_scope(scope):
+        return MODELS.build(cfg)
 
 
 # (scope, backbone cfg, number of groups, num_layers, [(group index, name, block, layer_id,

@@ -102,6 +102,20 @@ def test_theta0_is_init_cfg_pretrained_checkpoint(tmp_path, prefix):
     assert levels[id(groups['backbone.layer1.0.conv1.weight']['params'][0])] == 0.005
 
 
+def test_init_cfg_with_foreign_keys_counts_the_whole_module(tmp_path):
+    """A backbone that converts foreign checkpoint keys in its own init_weights (mmdet's Swin
+    with convert_weights=True): no name matches, so all of the module counts as filled."""
+    state = {f'foreign.{k}': v for k, v in pretrained_state(prefix='backbone.').items()}
+    path = write_checkpoint(tmp_path / 'foreign.pth', state)
+    model = toy_model(backbone_init_cfg=dict(type='Pretrained', checkpoint=path))
+    runner = make_toy_runner(str(tmp_path / 'work'), model=model, max_iters=1)
+    runner.train()
+    groups = groups_by_name(runner)
+    assert [groups[n]['mode'] for n in BACKBONE_NAMES] == ['finetune'] * 15
+    assert [groups[n]['mode'] for n in HEAD_NAMES] == ['none'] * 4
+    assert groups['backbone.layer2.0.conv1.weight']['num_layers'] == 4
+
+
 def model_state_of(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 

@@ -388,17 +388,25 @@ class WeightRollbackHook(Hook):
         for cfg in init_cfgs:
             if not is_pretrained_init(cfg):
                 continue
-            checkpoint = CheckpointLoader.load_checkpoint(
-                cfg['checkpoint'], map_location='cpu', logger='current')
+            try:
+                checkpoint = CheckpointLoader.load_checkpoint(
+                    cfg['checkpoint'], map_location='cpu', logger='current')
+            except Exception as error:  # noqa: BLE001 - the weights did load in init_weights
+                print_log(f'cannot re-read {cfg["checkpoint"]} to see which tensors it fills '
+                          f'({error!r}): counting all parameters of '
+                          f'{prefix.rstrip(".") or "the model"} as pretrained',
+                          logger='current', level=logging.WARNING)
+                checkpoint = {}
             shapes = checkpoint_tensors_shapes(_state_dict_of(checkpoint),
                                                cfg.get('prefix') or '')
             matched = {n for n, shape in names.items() if shapes.get(n) == shape}
-            if not matched:
+            if not matched and shapes:
                 print_log(
                     f'none of the parameter names of {prefix.rstrip(".") or "the model"} '
                     f'appear in {cfg["checkpoint"]} (its init_weights converts the keys?): '
                     'counting all of its parameters as pretrained', logger='current',
                     level=logging.WARNING)
+            if not matched:
                 matched = set(names)
             filled |= {prefix + n for n in matched}
         return filled
