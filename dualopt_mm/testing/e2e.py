@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Root of the checkout this module lives in (``tools/`` is found here).
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.realpath(__file__))))
 
 #: Environment variables that would weaken or bypass what the tests check.
 _SCRUBBED_ENV = ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'TORCH_FORCE_WEIGHTS_ONLY_LOAD')
