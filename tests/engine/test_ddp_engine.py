@@ -11,7 +11,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import hook_of, make_toy_runner
+from engine_runner import hook_of, make_toy_runner
 from test_weight_rollback_hook import pretrained_state, write_checkpoint
 
 pytestmark = pytest.mark.slow

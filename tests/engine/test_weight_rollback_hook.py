@@ -5,7 +5,7 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import hook_of, make_toy_runner, model_state, toy_model
+from engine_runner import hook_of, make_toy_runner, model_state, toy_model
 from engine_toys import BACKBONE_NAMES, HEAD_NAMES
 
 from dualopt_mm.engine.hooks.weight_rollback_hook import CHECKPOINT_KEY
