@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import os.path as osp
 import sys
 from typing import Optional, Sequence
@@ -42,7 +41,8 @@ def _import_dualopt_mm() -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    _import_dualopt_mm()
+    from dualopt_mm.utils.run_tools import add_runner_arguments, export_local_rank
 
     parser = argparse.ArgumentParser(
         description='Test (and evaluate) a detector, segmentor or classifier checkpoint.')
@@ -56,16 +56,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='save images with drawn predictions here (relative '
                         'paths are placed under the run directory by some visualization hooks)')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, key=value pairs in xxx=yyy format; lists as '
-        'key="[a,b]" or key=a,b; nested lists/tuples in quotes: key="[(a,b),(c,d)]"')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    export_local_rank(args)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must be a .pkl or .pickle file, got {args.out!r}')
     return args
@@ -112,29 +105,20 @@ def enable_visualization(cfg, show: bool, show_dir: Optional[str], wait_time: fl
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
-    _import_dualopt_mm()
+    args = parse_args(argv)  # also imports dualopt_mm
 
-    from mmengine.config import Config
     from mmengine.evaluator import DumpResults
-    from mmengine.registry import RUNNERS, init_default_scope
-    from mmengine.runner import Runner
+    from mmengine.registry import init_default_scope
 
     from dualopt_mm.compat import apply_all
+    from dualopt_mm.utils.run_tools import build_runner, load_config
 
     apply_all()
 
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise SystemExit(f'no checkpoint file at {args.checkpoint!r}')
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
@@ -142,11 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         init_default_scope(cfg.get('default_scope', 'mmengine'))
         enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
 
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        init_default_scope(cfg.get('default_scope', 'mmengine'))
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
 
     if args.out:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))

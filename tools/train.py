@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import os.path as osp
 import sys
 from typing import Optional, Sequence
@@ -50,7 +49,8 @@ def _import_dualopt_mm() -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    _import_dualopt_mm()
+    from dualopt_mm.utils.run_tools import add_runner_arguments, export_local_rank
 
     parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier.')
     parser.add_argument('config', help='train config file path')
@@ -65,20 +65,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the real batch size over the '
                         "config's auto_scale_lr.base_batch_size")
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, key=value pairs in xxx=yyy format; lists as '
-        'key="[a,b]" or key=a,b; nested lists/tuples in quotes: key="[(a,b),(c,d)]"')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
     if args.resume not in (None, 'auto') and '://' not in args.resume \
             and not osp.isfile(args.resume):
         parser.error(f'--resume: no checkpoint file at {args.resume!r}')
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    export_local_rank(args)
     return args
 
 
@@ -109,38 +101,15 @@ def _enable_auto_scale_lr(cfg) -> None:
     cfg.auto_scale_lr.enable = True
 
 
-def build_runner(cfg):
-    """``Runner.from_cfg``, or the ``runner_type`` the config names (e.g. FlexibleRunner)."""
-    from mmengine.registry import RUNNERS, init_default_scope
-    from mmengine.runner import Runner
-
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    # A runner registered by a downstream package is found in its scope's registry.
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    return RUNNERS.build(cfg)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
-    _import_dualopt_mm()
-
-    from mmengine.config import Config
+    args = parse_args(argv)  # also imports dualopt_mm
 
     from dualopt_mm.compat import apply_all
+    from dualopt_mm.utils.run_tools import build_runner, load_config
 
     apply_all()
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir priority: command line > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
 
     if args.amp:
         _enable_amp(cfg)

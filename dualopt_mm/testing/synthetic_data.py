@@ -238,9 +238,11 @@ def _draw_polygons(image: np.ndarray, shapes: Sequence[Tuple[Tuple[int, int, int
     return np.asarray(canvas, dtype=np.float64)
 
 
-def _write_meta(dataset: GeneratedDataset) -> None:
+def _write_meta(dataset: GeneratedDataset) -> GeneratedDataset:
+    """Write ``dataset_meta.json`` (the description) into the dataset root; return ``dataset``."""
     with open(osp.join(dataset.root, 'dataset_meta.json'), 'w', encoding='utf-8') as f:
         json.dump(dataset.to_dict(), f, indent=2)
+    return dataset
 
 
 def _split_counts(num_images: int, num_val_images: Optional[int]) -> Dict[str, int]:
@@ -336,10 +338,8 @@ def make_coco_dataset(root: str,
             }, f)
         paths[f'{split}_ann_file'] = ann_file
         paths[f'{split}_img_dir'] = img_dir
-    dataset = GeneratedDataset('coco', root, names, palette, counts, (width, height),
-                               int(seed), paths)
-    _write_meta(dataset)
-    return dataset
+    return _write_meta(GeneratedDataset('coco', root, names, palette, counts, (width, height),
+                                        int(seed), paths))
 
 
 # --------------------------------------------------------------------------- ADE20K
@@ -423,10 +423,8 @@ def make_ade20k_dataset(root: str,
                 progress(1)
         paths[f'{split}_img_dir'] = img_dir
         paths[f'{split}_seg_dir'] = seg_dir
-    dataset = GeneratedDataset('ade20k', root, names, palette, counts, (width, height),
-                               int(seed), paths)
-    _write_meta(dataset)
-    return dataset
+    return _write_meta(GeneratedDataset('ade20k', root, names, palette, counts, (width, height),
+                                        int(seed), paths))
 
 
 # --------------------------------------------------------------------------- classification
@@ -490,7 +488,5 @@ def make_classification_dataset(root: str,
         paths[f'{split}_dir'] = split_dir
         paths[f'{split}_ann_file'] = ann_file
     counts = {split: count * num_classes for split, count in per_class.items()}
-    dataset = GeneratedDataset('classification', root, names, palette, counts,
-                               (width, height), int(seed), paths)
-    _write_meta(dataset)
-    return dataset
+    return _write_meta(GeneratedDataset('classification', root, names, palette, counts,
+                                        (width, height), int(seed), paths))

@@ -15,6 +15,7 @@ Conventions shared by both tools:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -402,3 +403,69 @@ class Progress:
         """Close the bar."""
         if self._bar is not None:
             self._bar.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# command line and run skeleton (both tools)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, out_dir: str) -> None:
+    """Add ``--out-dir`` (default ``out_dir``) and ``--seeds``."""
+    parser.add_argument('--out-dir', default=out_dir, help='output folder')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4],
+                        help='seeds (each one fixes split, init and batch order)')
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, method_order: Sequence[str]) -> None:
+    """Add the model-size, method-selection and run-control options shared by both tools:
+    ``--width``, ``--feat-dim``, ``--methods`` (choices ``method_order``), ``--no-sweep``,
+    ``--threads``, ``--quick``, ``--no-progress``."""
+    parser.add_argument('--width', type=int, default=16, help='channels of conv1')
+    parser.add_argument('--feat-dim', type=int, default=128, help='backbone output features')
+    parser.add_argument('--methods', nargs='+', choices=method_order, default=list(method_order))
+    parser.add_argument('--no-sweep', action='store_true',
+                        help='run each method at its default setting only (no tuning)')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny configuration for tests (2 seeds, few epochs, no sweep)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def prepare_run(args: argparse.Namespace, methods: Dict[str, Any]) -> Dict[str, Any]:
+    """Set the torch threads, create ``args.out_dir`` and return the methods ``--methods``
+    selects (each with ``grid`` and ``default``), cut to the default value under ``--no-sweep``.
+    """
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    methods = {k: m for k, m in methods.items() if k in args.methods}
+    if args.no_sweep:
+        for m in methods.values():
+            m.grid = [m.default]
+    return methods
+
+
+def method_result(method: Any, runs: List[Dict[str, Any]],
+                  summarize: Callable[[List[Dict[str, Any]]], Dict[str, Any]], metric: str,
+                  fields: Sequence[str] = ('key', 'label', 'knob')) -> Dict[str, Any]:
+    """One method's entry of ``results.json``: its ``fields``, the grid, the summary of each
+    grid value over the seeds (``runs`` with ``method`` and ``value``), the default and the
+    value :func:`select_best` picks by ``metric``."""
+    sweep = []
+    for value in method.grid:
+        value_runs = [r for r in runs if r['method'] == method.key and r['value'] == value]
+        sweep.append({'value': value, 'summary': summarize(value_runs)})
+    best = select_best(sweep, method.default, metric=metric)
+    default = next(e for e in sweep if e['value'] == method.default)
+    record = {name: getattr(method, name) for name in fields}
+    record.update({'grid': list(method.grid), 'default_value': method.default,
+                   'selected_value': best['value'], 'default': default['summary'],
+                   'selected': best['summary'], 'sweep': sweep})
+    return record
+
+
+def write_results(out_dir: str, markdown: str, result: Dict[str, Any]) -> None:
+    """Print ``markdown`` and write it to ``results.md``, ``result`` to ``results.json``."""
+    print(markdown)
+    with open(os.path.join(out_dir, 'results.md'), 'w', encoding='utf-8') as f:
+        f.write(markdown + '\n')
+    write_json(os.path.join(out_dir, 'results.json'), result)

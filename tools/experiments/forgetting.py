@@ -433,9 +433,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     'fine-tuning, L2-SP, DualOpt and the DualOpt reference setting; report '
                     'downstream accuracy, upstream forgetting and per-layer drift.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--out-dir', default='work_dirs/forgetting', help='output folder')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4],
-                        help='seeds (each one fixes split, init and batch order)')
+    common.add_output_arguments(parser, 'work_dirs/forgetting')
     parser.add_argument('--epochs', type=int, default=40, help='fine-tuning epochs')
     parser.add_argument('--pretrain-epochs', type=int, default=30)
     parser.add_argument('--base', choices=['adamw', 'sgd'], default='adamw',
@@ -453,15 +451,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='downstream validation images per class (hyper-parameter selection)')
     parser.add_argument('--upstream-classes', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     parser.add_argument('--downstream-classes', type=int, nargs='+', default=[5, 6, 7, 8, 9])
-    parser.add_argument('--width', type=int, default=16, help='channels of conv1')
-    parser.add_argument('--feat-dim', type=int, default=128, help='backbone output features')
-    parser.add_argument('--methods', nargs='+', choices=METHOD_ORDER, default=list(METHOD_ORDER))
-    parser.add_argument('--no-sweep', action='store_true',
-                        help='run each method at its default setting only (no tuning)')
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny configuration for tests (2 seeds, few epochs, no sweep)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    common.add_run_arguments(parser, METHOD_ORDER)
     parser.add_argument('--no-plot', action='store_true', help='do not write tradeoff.png')
     args = parser.parse_args(argv)
     if args.quick:
@@ -487,12 +477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the experiment; write and return the results."""
     args = parse_args(argv)
     start = time.time()
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out_dir, exist_ok=True)
-    methods = {k: m for k, m in make_methods(args.base, args.quick).items() if k in args.methods}
-    if args.no_sweep:
-        for m in methods.values():
-            m.grid = [m.default]
+    methods = common.prepare_run(args, make_methods(args.base, args.quick))
     settings = RunSettings(base=args.base, lr=args.lr, ref_lr=args.ref_lr,
                            weight_decay=0.01 if args.base == 'adamw' else 5e-4)
     layers = common.backbone_block_names(common.Classifier(1, args.width, args.feat_dim))
@@ -531,23 +516,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result['config']['finetune_steps'] = args.epochs * common.steps_per_epoch(n_down,
                                                                               args.batch_size)
     for m in methods.values():
-        sweep = []
-        for value in m.grid:
-            runs = [r for r in all_runs if r['method'] == m.key and r['value'] == value]
-            sweep.append({'value': value, 'summary': summarize(runs, layers)})
-        best = common.select_best(sweep, m.default)
-        default = next(e for e in sweep if e['value'] == m.default)
-        result['methods'][m.key] = {
-            'key': m.key, 'label': m.label, 'knob': m.knob, 'notes': m.notes,
-            'grid': list(m.grid), 'default_value': m.default, 'selected_value': best['value'],
-            'default': default['summary'], 'selected': best['summary'], 'sweep': sweep}
+        result['methods'][m.key] = common.method_result(
+            m, all_runs, lambda runs: summarize(runs, layers), metric='down_val',
+            fields=('key', 'label', 'knob', 'notes'))
     result['wall_time_s'] = time.time() - start
 
     markdown = render_markdown(result)
-    print(markdown)
-    with open(os.path.join(args.out_dir, 'results.md'), 'w', encoding='utf-8') as f:
-        f.write(markdown + '\n')
-    common.write_json(os.path.join(args.out_dir, 'results.json'), result)
+    common.write_results(args.out_dir, markdown, result)
     write_drift_files(args.out_dir, result, all_runs)
     written = 'results.md, results.json, drift.csv, drift.json, drift_default.json'
     if not args.no_plot and plot_tradeoff(os.path.join(args.out_dir, 'tradeoff.png'), result):

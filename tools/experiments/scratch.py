@@ -226,23 +226,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     'decay, AdamW decay and DualOpt layer-wise real-time decay; report test '
                     'accuracy (mean ± std over seeds).',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--out-dir', default='work_dirs/scratch', help='output folder')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4],
-                        help='seeds (each one fixes split, init and batch order)')
+    common.add_output_arguments(parser, 'work_dirs/scratch')
     parser.add_argument('--epochs', type=int, default=60)
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--train-per-class', type=int, default=20)
     parser.add_argument('--val-per-class', type=int, default=20)
-    parser.add_argument('--width', type=int, default=16, help='channels of conv1')
-    parser.add_argument('--feat-dim', type=int, default=128, help='backbone output features')
-    parser.add_argument('--methods', nargs='+', choices=METHOD_ORDER, default=list(METHOD_ORDER))
-    parser.add_argument('--no-sweep', action='store_true',
-                        help='run each method at its default setting only (no tuning)')
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny configuration for tests (2 seeds, few epochs, no sweep)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    common.add_run_arguments(parser, METHOD_ORDER)
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds = args.seeds[:2]
@@ -261,12 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the experiment; write and return the results."""
     args = parse_args(argv)
     start = time.time()
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out_dir, exist_ok=True)
-    methods = {k: m for k, m in make_methods(args.quick).items() if k in args.methods}
-    if args.no_sweep:
-        for m in methods.values():
-            m.grid = [m.default]
+    methods = common.prepare_run(args, make_methods(args.quick))
     total = len(args.seeds) * sum(len(m.grid) for m in methods.values())
     progress = common.Progress(total, 'scratch', enabled=not args.no_progress)
     runs: List[Dict[str, Any]] = []
@@ -287,20 +272,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                               'environment': common.environment_info(args.threads),
                               'methods': {}}
     for m in methods.values():
-        sweep = [{'value': v, 'summary': summarize(
-            [r for r in runs if r['method'] == m.key and r['value'] == v])} for v in m.grid]
-        best = common.select_best(sweep, m.default, metric='val')
-        default = next(e for e in sweep if e['value'] == m.default)
-        result['methods'][m.key] = {
-            'key': m.key, 'label': m.label, 'knob': m.knob, 'grid': list(m.grid),
-            'default_value': m.default, 'selected_value': best['value'],
-            'default': default['summary'], 'selected': best['summary'], 'sweep': sweep}
+        result['methods'][m.key] = common.method_result(m, runs, summarize, metric='val')
     result['wall_time_s'] = time.time() - start
     markdown = render_markdown(result)
-    print(markdown)
-    with open(os.path.join(args.out_dir, 'results.md'), 'w', encoding='utf-8') as f:
-        f.write(markdown + '\n')
-    common.write_json(os.path.join(args.out_dir, 'results.json'), result)
+    common.write_results(args.out_dir, markdown, result)
     print(f"wrote {args.out_dir}/results.md, results.json ({result['wall_time_s']:.1f} s)",
           file=sys.stderr)
     return result
