@@ -1,7 +1,7 @@
 r"""``WeightRollbackHook``: θ_0 after the pretrained weights are loaded, drift logging, and the
 review step for optimizers that are not DualOpt's.
 
-When the hook runs, in mmengine 0.10.7's ``Runner.train()`` (docs/integration.md):
+When the hook runs, in mmengine 0.10.7's ``Runner.train()`` (README, section "WeightRollbackHook"):
 
 1. the optimizer is built, ``auto_scale_lr`` scales its lrs, the param schedulers are built
    (they store ``initial_lr``); the model still holds its random init;
