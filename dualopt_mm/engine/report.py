@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Dict, List, Optional
 
-from ..optim.levels import layer_level
+from ..optim.levels import layer_level, skips_1d
 from ..optim.review import REVIEW_DEFAULTS
 
 __all__ = ['REVIEW_DEFAULTS', 'format_table', 'group_level', 'level_rows', 'review_setting',
@@ -29,10 +29,8 @@ def review_setting(group: Mapping[str, Any], key: str,
 def skips_tensor(group: Mapping[str, Any], ndim: int,
                  fallback: Optional[Mapping[str, Any]] = None) -> bool:
     """Whether ``skip_1d`` exempts a tensor of ``ndim`` dimensions in ``group`` from review."""
-    skip_1d = review_setting(group, 'skip_1d', fallback)
-    if skip_1d is None:
-        skip_1d = review_setting(group, 'mode', fallback) == 'scratch'
-    return bool(skip_1d) and ndim <= 1
+    return skips_1d(review_setting(group, 'skip_1d', fallback),
+                    review_setting(group, 'mode', fallback), ndim)
 
 
 def group_level(group: Mapping[str, Any],

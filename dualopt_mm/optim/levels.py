@@ -137,6 +137,15 @@ def check_review_group(group: Mapping[str, Any], where: str = '') -> None:
             f'setting is k_max = 0.01 / lr{_where(where)}')
 
 
+def skips_1d(skip_1d: Optional[bool], mode: str, ndim: int) -> bool:
+    """Whether ``skip_1d`` exempts a tensor of ``ndim`` dimensions from review in ``mode``:
+    ``skip_1d=None`` means True in scratch mode (biases and norms are not decayed), False
+    otherwise."""
+    if skip_1d is None:
+        skip_1d = mode == 'scratch'
+    return bool(skip_1d) and ndim <= 1
+
+
 def layer_level(layer_id: int, num_layers: int, k_max: float = 0.01, k_min: float = 0.0,
                 gamma: float = 1.0, reverse: bool = False) -> float:
     r"""Level :math:`k_i = k_{min} + (k_{max} - k_{min}) s_i^{\gamma}` of layer ``layer_id``.

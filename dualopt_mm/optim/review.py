@@ -58,6 +58,7 @@ from .levels import (
     check_review_group,
     layer_level,
     reference_level,
+    skips_1d,
 )
 
 __all__ = [
@@ -397,10 +398,7 @@ class DualOptOptimizer(Optimizer):
     def _is_reviewed(p: Tensor, group: dict[str, Any], count_frozen: bool = False) -> bool:
         if group['mode'] == 'none' or not (p.requires_grad or count_frozen):
             return False
-        skip_1d = group['skip_1d']
-        if skip_1d is None:
-            skip_1d = group['mode'] == 'scratch'
-        return not (skip_1d and p.ndim <= 1)
+        return not skips_1d(group['skip_1d'], group['mode'], p.ndim)
 
     def _ensure_levels(self) -> None:
         signatures = [self._signature(g) for g in self.param_groups]
