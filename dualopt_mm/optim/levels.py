@@ -17,8 +17,9 @@ the optimizer-wrapper constructor can import :func:`layer_level` to compute and 
 """
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 MODES = ('finetune', 'scratch', 'none')
@@ -28,6 +29,28 @@ ANCHOR_DTYPES = ('bfloat16', 'float16', 'float32', 'float64')
 
 def _where(where: str) -> str:
     return f' ({where})' if where else ''
+
+
+def did_you_mean(value: Any, allowed: Iterable[Any]) -> str:
+    """``"; did you mean 'x'?"`` for the closest allowed string, or ``''``."""
+    if not isinstance(value, str):
+        return ''
+    match = difflib.get_close_matches(value, [str(a) for a in allowed], n=1, cutoff=0.4)
+    return f'; did you mean {match[0]!r}?' if match else ''
+
+
+def check_unknown_keys(keys: Iterable[str], known: Iterable[str], where: str = '') -> None:
+    """Refuse keys that are not ``known`` but close to a known name (``k_maxx``, ``gama``):
+    such a typo would otherwise be carried along silently and change nothing. Keys far from
+    every known name (``initial_lr``, ``param_name``, ``lr_mult``) are someone else's."""
+    known = list(known)
+    for key in keys:
+        if key in known or not isinstance(key, str):
+            continue
+        match = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if match:
+            raise ValueError(f'unknown key {key!r}: did you mean {match[0]!r}? (a misspelt '
+                             f'key would be ignored){_where(where)}')
 
 
 def check_number(name: str, value: Any, where: str = '') -> float:
@@ -72,13 +95,15 @@ def check_layer(layer_id: Any, num_layers: Any, where: str = '') -> None:
 def check_mode(mode: Any, where: str = '') -> None:
     if mode not in MODES:
         raise ValueError(f'unknown mode {mode!r}: allowed are {", ".join(map(repr, MODES))} '
-                         f'(anchor a = theta_0, a = 0, no review){_where(where)}')
+                         f'(anchor a = theta_0, a = 0, no review){did_you_mean(mode, MODES)}'
+                         f'{_where(where)}')
 
 
 def check_k_unit(k_unit: Any, where: str = '') -> None:
     if k_unit not in K_UNITS:
         raise ValueError(f'unknown k_unit {k_unit!r}: allowed are '
-                         f'{", ".join(map(repr, K_UNITS))}{_where(where)}')
+                         f'{", ".join(map(repr, K_UNITS))}{did_you_mean(k_unit, K_UNITS)}'
+                         f'{_where(where)}')
 
 
 def anchor_dtype_name(anchor_dtype: Any, where: str = '') -> Optional[str]:
@@ -94,7 +119,8 @@ def anchor_dtype_name(anchor_dtype: Any, where: str = '') -> Optional[str]:
         name = name[len('torch.'):]
     if name not in ANCHOR_DTYPES:
         raise ValueError(f'anchor_dtype={anchor_dtype!r} is not allowed: use None (the '
-                         f'parameter dtype) or one of {", ".join(ANCHOR_DTYPES)}{_where(where)}')
+                         f'parameter dtype) or one of {", ".join(ANCHOR_DTYPES)}'
+                         f'{did_you_mean(name, ANCHOR_DTYPES)}{_where(where)}')
     return name
 
 

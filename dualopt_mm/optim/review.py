@@ -45,6 +45,7 @@ the host with the device: scalars are Python floats, step counts are CPU tensors
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Optional, Union
 
@@ -56,6 +57,7 @@ from .levels import (
     anchor_dtype_name,
     check_layer,
     check_review_group,
+    check_unknown_keys,
     layer_level,
     reference_level,
     skips_1d,
@@ -84,10 +86,18 @@ REVIEW_DEFAULTS: dict[str, Any] = dict(
     anchor_dtype=None,
 )
 
-# Group keys that decide which tensors are reviewed and their level k_i; a change of any of
-# them (a scheduler driving k_max, say) re-resolves the levels at the next step.
+# Group keys that decide which tensors are reviewed, their level k_i and the review weight; a
+# change of any of them (a scheduler driving k_max, a value set by user code) re-validates the
+# group and re-resolves the levels at the next step.
 _LEVEL_KEYS = ('mode', 'k_max', 'k_min', 'gamma', 'reverse', 'skip_1d', 'layer_id',
-               'num_layers', 'reference', 'eps')
+               'num_layers', 'reference', 'eps', 'k_unit', 'base_lr', 'anchor_dtype')
+
+# Keys of a param group that are not hyper-parameters of the optimizer but are legitimately
+# there (torch, mmengine, the constructor); a key close to a hyper-parameter name and not
+# in this list or the defaults is refused as a typo.
+_FOREIGN_GROUP_KEYS = ('params', 'param_names', 'param_name', 'initial_lr', 'reference',
+                       'reference_step', 'block_index', 'block_name', 'differentiable',
+                       'capturable', 'fused', 'decoupled_weight_decay')
 
 # Devices on which torch's own optimizers default to their foreach implementation.
 _FOREACH_DEVICES = ('cuda', 'xpu', 'mtia')
@@ -252,6 +262,25 @@ def apply_review(params: list[Tensor], anchors: list[Optional[Tensor]], weights:
     (review_multi_tensor if foreach else review_single_tensor)(params, anchors, weights)
 
 
+def group_label(group: dict[str, Any], index: int) -> str:
+    """``"param group 3 ('backbone.conv1.weight')"``: the index and, when the constructor
+    wrote it, the tensor's name."""
+    name = group.get('param_name')
+    return f'param group {index} ({name!r})' if isinstance(name, str) else f'param group {index}'
+
+
+def param_label(group: dict[str, Any], group_index: int, param_index: int) -> str:
+    """The name of one tensor of a group for messages: ``param_name`` (mmengine constructor),
+    torch's ``param_names``, else its position."""
+    name = group.get('param_name')
+    if isinstance(name, str) and len(group['params']) == 1:
+        return f'{name!r} (param group {group_index})'
+    names = group.get('param_names')
+    if isinstance(names, (list, tuple)) and param_index < len(names):
+        return f'{names[param_index]!r} (param group {group_index})'
+    return f'parameter {param_index} of param group {group_index}'
+
+
 class ReviewBatch:
     """Tensors that share one base-update call: one set of static hyper-parameters and one
     foreach choice. Subclasses add the lists of their base optimizer's state."""
@@ -316,6 +345,9 @@ class DualOptOptimizer(Optimizer):
     reviewed tensors only), captured before the tensor's first update.
     """
 
+    #: whether the base optimizer takes sparse gradients (torch's SGD does, Adam does not)
+    _supports_sparse = False
+
     def __init__(self, params: _ParamsT, defaults: dict[str, Any]) -> None:
         defaults['anchor_dtype'] = anchor_dtype_name(defaults['anchor_dtype'])
         self._invalidate_levels()
@@ -329,23 +361,62 @@ class DualOptOptimizer(Optimizer):
         """Add a param group (torch semantics), validating its hyper-parameters."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        where = f' (param group {len(self.param_groups) - 1})'
+        where = f' ({group_label(group, len(self.param_groups) - 1)})'
         try:
+            check_unknown_keys(param_group, list(self.defaults) + list(_FOREIGN_GROUP_KEYS),
+                               where.strip(' ()'))
             check_unsupported_flags(**{name: group.get(name) for name in
                                        ('capturable', 'differentiable', 'fused')})
             self._check_hyperparameters(group, where)
             check_review_group(group, where.strip(' ()'))
             group['anchor_dtype'] = anchor_dtype_name(group['anchor_dtype'])
-            for p in group['params']:
+            for pi, p in enumerate(group['params']):
                 if torch.is_complex(p):
-                    raise ValueError(f'complex parameters are not supported{where}')
+                    raise ValueError(f'complex parameters are not supported '
+                                     f'({param_label(group, len(self.param_groups) - 1, pi)})')
         except ValueError:
             self.param_groups.pop()
             raise
         self._invalidate_levels()
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, with three DualOpt rules.
+
+        - Keys of the current groups that the saved groups lack are kept (a checkpoint of
+          torch's AdamW has no ``mode`` / ``layer_id`` / ``k_max``: the constructor's values
+          stay, instead of the optimizer defaults).
+        - Review hyper-parameters saved in the checkpoint win over the current ones (resume
+          continues the saved run, as torch does for ``lr``); where they differ, a warning
+          names them and the way to change them.
+        - Every state tensor must have its parameter's shape (a changed model, e.g. a head
+          resized from 2 to 3 classes, fails here, naming the tensor and both shapes).
+        """
+        current = [dict(group) for group in self.param_groups]
+        saved_groups = state_dict.get('param_groups', [])
+        differing = []
+        for gi, (now, saved) in enumerate(zip(current, saved_groups)):
+            for key in REVIEW_DEFAULTS:
+                if key in saved and key in now and now[key] is not None \
+                        and saved[key] != now[key] and key != 'base_lr':
+                    differing.append(f'{group_label(now, gi)}: {key}={saved[key]!r} in the '
+                                     f'checkpoint, {now[key]!r} now')
+        super().load_state_dict(state_dict)
+        for group, now, saved in zip(self.param_groups, current, saved_groups):
+            for key, value in now.items():
+                if key not in saved and key != 'params':
+                    group[key] = value
+        self._invalidate_levels()
+        if differing:
+            shown = '; '.join(differing[:5]) + (f'; ... ({len(differing)} in all)'
+                                                if len(differing) > 5 else '')
+            warnings.warn(
+                f'DualOpt: the loaded optimizer state keeps its own review settings, which '
+                f'differ from the configured ones: {shown}. To continue with the new values, '
+                f'set them on optimizer.param_groups after loading, or start a new run from '
+                f'the weights (load_from) instead of resuming.', stacklevel=2)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._check_loaded_anchors(state['state'], state['param_groups'])
+        self._check_loaded_state(state['state'], state['param_groups'])
         super().__setstate__(state)
         for group in self.param_groups:
             for name, default in self.defaults.items():
@@ -369,30 +440,45 @@ class DualOptOptimizer(Optimizer):
         self._invalidate_levels()
 
     @staticmethod
-    def _check_loaded_anchors(state: dict[Any, Any], param_groups: list[dict[str, Any]]) -> None:
+    def _check_loaded_state(state: dict[Any, Any], param_groups: list[dict[str, Any]]) -> None:
+        """Every per-parameter state tensor but the step count has its parameter's shape."""
         for gi, group in enumerate(param_groups):
             for pi, p in enumerate(group['params']):
                 p_state = state.get(p) if isinstance(p, Tensor) else None
-                anchor = p_state.get('anchor') if p_state else None
-                if anchor is None:
-                    continue
-                if not isinstance(anchor, Tensor) or anchor.shape != p.shape:
-                    shape = tuple(anchor.shape) if isinstance(anchor, Tensor) else type(anchor)
-                    raise ValueError(
-                        f'loaded optimizer state has an anchor (theta_0) of shape {shape} for '
-                        f'parameter {pi} of param group {gi}, whose shape is {tuple(p.shape)}: '
-                        f'the checkpoint does not belong to this model')
+                for key, value in (p_state or {}).items():
+                    if key == 'step' or (key != 'anchor' and not isinstance(value, Tensor)):
+                        continue
+                    if value is None and key == 'anchor':
+                        continue
+                    if not isinstance(value, Tensor) or value.shape != p.shape:
+                        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value)
+                        what = 'an anchor (theta_0)' if key == 'anchor' else f'a {key!r}'
+                        raise ValueError(
+                            f'the loaded optimizer state has {what} of shape {shape} for '
+                            f'{param_label(group, gi, pi)}, whose shape is now '
+                            f'{tuple(p.shape)}: the checkpoint was written for another model '
+                            f'(a resized head?). Resume only with the model that wrote it; to '
+                            f'reuse its weights in a changed model, start a new run with '
+                            f'load_from=<checkpoint> instead of resume')
 
     # ------------------------------------------------------------------ layer levels
     def _invalidate_levels(self) -> None:
+        """Force the levels to be resolved again at the next step (the last resolved levels
+        are kept, to tell which tensors change level)."""
         self._signatures: Optional[list[tuple]] = None
-        self._levels: list[list[Optional[float]]] = []
-        self._layer_ids: list[list[Optional[tuple[int, int]]]] = []
-        self._max_levels: list[float] = []
+        if not hasattr(self, '_levels'):
+            self._levels: list[list[Optional[float]]] = []
+            self._layer_ids: list[list[Optional[tuple[int, int]]]] = []
+            self._max_levels: list[float] = []
+            self._resolved_signatures: Optional[list[tuple]] = None
+            self._hyperparameters_changed = False
 
     @staticmethod
     def _signature(group: dict[str, Any]) -> tuple:
-        return (len(group['params']),) + tuple(group.get(k) for k in _LEVEL_KEYS)
+        # requires_grad is part of it: a tensor unfrozen later (gradual unfreezing) is indexed
+        # and reviewed from its first step
+        return ((len(group['params']),) + tuple(group.get(k) for k in _LEVEL_KEYS)
+                + (tuple(p.requires_grad for p in group['params']),))
 
     @staticmethod
     def _is_reviewed(p: Tensor, group: dict[str, Any], count_frozen: bool = False) -> bool:
@@ -403,9 +489,49 @@ class DualOptOptimizer(Optimizer):
     def _ensure_levels(self) -> None:
         signatures = [self._signature(g) for g in self.param_groups]
         if signatures != self._signatures:
+            before = self._stepped_levels()
             self._resolve_levels(signatures)
+            self._warn_changed_levels(before)
+
+    def _stepped_levels(self) -> dict[int, tuple[str, Optional[float]]]:
+        """The current level of every tensor that has been stepped (has state), by id."""
+        levels: dict[int, tuple[str, Optional[float]]] = {}
+        for gi, (group, group_levels) in enumerate(zip(self.param_groups, self._levels)):
+            for pi, (p, level) in enumerate(zip(group['params'], group_levels)):
+                if self.state.get(p):
+                    levels[id(p)] = (param_label(group, gi, pi), level)
+        return levels
+
+    def _warn_changed_levels(self, before: dict[int, tuple[str, Optional[float]]]) -> None:
+        """Say when tensors already trained change their review level because the set of
+        indexed tensors changed (``add_param_group``, a tensor frozen or unfrozen): with the
+        tensor-order index (no ``layer_id``) every tensor's depth is its place among the
+        reviewed ones, so adding or unfreezing tensors moves the others."""
+        if not before:
+            return
+        changed = []
+        for group, group_levels in zip(self.param_groups, self._levels):
+            for p, level in zip(group['params'], group_levels):
+                old = before.get(id(p))
+                if old is not None and old[1] is not None and level is not None \
+                        and old[1] != level and not self._hyperparameters_changed:
+                    changed.append(f'{old[0]}: {old[1]:.6g} -> {level:.6g}')
+        if changed:
+            shown = '; '.join(changed[:4]) + (f'; ... ({len(changed)} in all)'
+                                              if len(changed) > 4 else '')
+            warnings.warn(
+                f'DualOpt: the tensor-order layer index changed (param groups added, or tensors '
+                f'frozen / unfrozen), so tensors already trained get new review levels: '
+                f'{shown}. This is the rule (a tensor\'s level follows its place among the '
+                f'reviewed tensors); to pin levels, give every group a layer_id and num_layers '
+                f'(DualOptOptimWrapperConstructor does).', stacklevel=4)
 
     def _resolve_levels(self, signatures: list[tuple]) -> None:
+        old = self._resolved_signatures
+        # a change of k_max / gamma / ... (a scheduler, a resumed checkpoint) changes levels on
+        # purpose; only a change of the indexed set is worth a warning
+        self._hyperparameters_changed = old is not None and any(
+            a[1:-1] != b[1:-1] for a, b in zip(old, signatures))
         groups = self.param_groups
         reviewed: list[list[bool]] = []
         for gi, group in enumerate(groups):
@@ -461,7 +587,7 @@ class DualOptOptimizer(Optimizer):
             layer_ids.append(group_ids)
             max_levels.append(max((k for k in group_levels if k is not None), default=0.0))
         self._levels, self._layer_ids, self._max_levels = levels, layer_ids, max_levels
-        self._signatures = signatures
+        self._signatures = self._resolved_signatures = signatures
 
     def review_levels(self) -> list[tuple[Tensor, Optional[int], Optional[int], float]]:
         """Per tensor, in group order: ``(param, layer_id, num_layers, k_i)``.
@@ -520,34 +646,75 @@ class DualOptOptimizer(Optimizer):
                 count += 1
         return count
 
+    def _check_anchor_source(self, p: Tensor, group: dict[str, Any], group_index: int,
+                             param_index: int) -> None:
+        """Refuse to anchor lazily a tensor that was trained before without an anchor.
+
+        Its state then comes from another optimizer (a checkpoint of torch's AdamW resumed
+        under DualOpt) and its current value is a mid-training weight, not theta_0.
+        """
+        state = self.state.get(p)
+        if not state or state.get('anchor') is not None:
+            return
+        raise RuntimeError(
+            f'{param_label(group, group_index, param_index)} has optimizer state from earlier '
+            f'steps ({", ".join(sorted(map(str, state)))}) but no theta_0 (\'anchor\'): the '
+            f'state was loaded from a checkpoint written by another optimizer (e.g. a stock '
+            f'AdamW run resumed with DualOpt), so its current value is a mid-training weight, '
+            f'not the pretrained one. Add WeightRollbackHook to the config (on resume it takes '
+            f'theta_0 from the pretrained checkpoint the config names: init_cfg=Pretrained or '
+            f'load_from), or start the DualOpt run fresh from the pretrained weights, or call '
+            f'optimizer.capture_anchors() to anchor to the current weights on purpose.')
+
     # ------------------------------------------------------------------ the step
-    def _review_scale(self, index: int, group: dict[str, Any]) -> float:
-        r"""Return :math:`\lambda / k_i` for the group (resolving ``base_lr``); refuse
-        :math:`\lambda > 1`."""
+    def _review_scale(self, index: int, group: dict[str, Any]) -> tuple[float, float]:
+        r"""Return (:math:`\lambda / k_i`, the group's base lr) without changing the group;
+        refuse :math:`\lambda > 1`. ``base_lr=None`` resolves to ``initial_lr`` or ``lr``."""
         lr = float(group['lr'])
         base_lr = group['base_lr']
-        if base_lr is None:
-            base_lr = group['base_lr'] = float(group.get('initial_lr', lr))
+        resolved = base_lr is None
+        if resolved:
+            base_lr = float(group.get('initial_lr', lr))
         max_level = self._max_levels[index]
         if max_level == 0.0:
-            return 0.0
+            return 0.0, base_lr
         if group['k_unit'] == 'absolute':
             scale = lr
         elif base_lr > 0:
             scale = lr / base_lr
+            if scale > 1.0 + 1e-9:
+                self._warn_lr_above_base_lr(index, group, lr, base_lr, resolved)
         elif lr == 0:
             scale = 0.0
         else:
             raise ValueError(
-                f"param group {index} has base_lr=0 but lr={lr!r} with k_unit='base_lr': set "
-                f'base_lr to the peak lr of the schedule')
+                f"{group_label(group, index)} has base_lr=0 but lr={lr!r} with "
+                f"k_unit='base_lr': set base_lr to the peak lr of the schedule")
         if scale * max_level > 1.0:
             raise ValueError(
-                f'review weight lambda = {scale * max_level:.6g} > 1 in param group {index} '
-                f"(lr={lr!r}, k={max_level!r}, k_unit={group['k_unit']!r}, base_lr={base_lr!r})"
-                f': lambda = lr * k (absolute) or lr / base_lr * k (base_lr) must be <= 1; '
-                f'lower k_max')
-        return scale
+                f'review weight lambda = {scale * max_level:.6g} > 1 in '
+                f'{group_label(group, index)} (lr={lr!r}, k={max_level!r}, '
+                f"k_unit={group['k_unit']!r}, base_lr={base_lr!r}): lambda = lr * k "
+                f'(absolute) or lr / base_lr * k (base_lr) must be <= 1; lower k_max, or pass '
+                f'base_lr=<the peak lr> if the lr rises above the first one (warm-up)')
+        return scale, base_lr
+
+    def _warn_lr_above_base_lr(self, index: int, group: dict[str, Any], lr: float,
+                               base_lr: float, resolved: bool) -> None:
+        """Warn once per group: with ``k_unit='base_lr'`` an lr above ``base_lr`` (a manual
+        warm-up, OneCycle) makes the review ``lr / base_lr`` times stronger than ``k_max``."""
+        warned = self.__dict__.setdefault('_warned_lr_above_base_lr', set())
+        if index in warned:
+            return
+        warned.add(index)
+        source = ('taken from the lr of its first step (no initial_lr: a hand-written warm-up?)'
+                  if resolved or group.get('initial_lr') is None else
+                  'from initial_lr (OneCycle-style schedules start below their peak)')
+        warnings.warn(
+            f"DualOpt: {group_label(group, index)} has lr={lr:.6g} above its base_lr="
+            f"{base_lr:.6g}, {source}. With k_unit='base_lr' the review weight is "
+            f'lr / base_lr * k = {lr / base_lr:.4g} * k, stronger than k_max means. Pass '
+            f'base_lr=<the peak lr> to the optimizer (or k_unit=\'absolute\').', stacklevel=4)
 
     def _start_group(self, group: dict[str, Any]) -> None:
         """Called once per group and step, grads or not (subclasses: per-group counters)."""
@@ -583,36 +750,53 @@ class DualOptOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._ensure_levels()
-        batches: dict[tuple, ReviewBatch] = {}
+        # 1. validate everything (review weights, gradients, anchors) before changing anything,
+        #    so a refused step leaves the optimizer exactly as it was
+        scales = [self._review_scale(gi, group) for gi, group in enumerate(self.param_groups)]
+        pending: list[tuple[int, Tensor, Tensor, Optional[float]]] = []
         for gi, group in enumerate(self.param_groups):
-            scale = self._review_scale(gi, group)
-            self._start_group(group)
-            key = (group['foreach'],) + self._static_key(group)
-            batch = None
             finetune = group['mode'] == 'finetune'
-            for p, level in zip(group['params'], self._levels[gi]):
+            for pi, (p, level) in enumerate(zip(group['params'], self._levels[gi])):
                 grad = p.grad
                 if grad is None:
                     continue
-                if grad.is_sparse:
-                    raise RuntimeError('DualOpt optimizers do not support sparse gradients')
-                if batch is None:
-                    batch = batches.get(key)
-                    if batch is None:
-                        batch = batches[key] = self._new_batch(group)
-                state = self.state[p]
-                self._collect(batch, p, grad, state, group)
-                if p.device.type not in _FOREACH_DEVICES:
-                    batch.on_foreach_devices = False
-                anchor, weight = None, 0.0
-                if level is not None:
-                    if finetune:
-                        anchor = state.get('anchor')
-                        if anchor is None:  # lazily, before the first update of the tensor
-                            anchor = state['anchor'] = self._new_anchor(p, group)
-                    weight = scale * level
-                batch.anchors.append(anchor)
-                batch.review_weights.append(weight)
+                if grad.is_sparse and not self._supports_sparse:
+                    raise RuntimeError(
+                        f'{type(self).__name__} does not support sparse gradients '
+                        f'({param_label(group, gi, pi)}), like torch.optim.'
+                        f'{type(self).__name__[len("DualOpt"):]}; use DualOptSGD or a dense '
+                        f'embedding (sparse=False)')
+                if finetune and level:  # at k = 0 the anchor is never used
+                    self._check_anchor_source(p, group, gi, pi)
+                pending.append((gi, p, grad, level))
+        # 2. the learning step then the review step, per batch of tensors that share
+        #    hyper-parameters
+        for group, (_, base_lr) in zip(self.param_groups, scales):
+            if group['base_lr'] is None:
+                group['base_lr'] = base_lr
+            self._start_group(group)
+        batches: dict[tuple, ReviewBatch] = {}
+        for gi, p, grad, level in pending:
+            group = self.param_groups[gi]
+            sparse = grad.is_sparse
+            key = ((False if sparse else group['foreach'], sparse)
+                   + self._static_key(group))
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = self._new_batch(group)
+            state = self.state[p]
+            self._collect(batch, p, grad, state, group)
+            if p.device.type not in _FOREACH_DEVICES:
+                batch.on_foreach_devices = False
+            anchor, weight = None, 0.0
+            if level is not None:
+                if group['mode'] == 'finetune':
+                    anchor = state.get('anchor')
+                    if anchor is None:  # lazily, before the first update of the tensor
+                        anchor = state['anchor'] = self._new_anchor(p, group)
+                weight = scales[gi][0] * level
+            batch.anchors.append(anchor)
+            batch.review_weights.append(weight)
 
         # learning step then review step, per batch of tensors that share hyper-parameters
         for (foreach, *_), batch in batches.items():

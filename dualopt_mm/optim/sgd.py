@@ -121,6 +121,10 @@ class DualOptSGD(DualOptOptimizer):
         self._check_hyperparameters(defaults, '')
         super().__init__(params, defaults)
 
+    #: sparse gradients (``nn.Embedding(sparse=True)``) take torch's SGD step on the per-tensor
+    #: path; the review then acts on the dense parameter
+    _supports_sparse = True
+
     def _check_hyperparameters(self, group: dict[str, Any], where: str) -> None:
         check_lr(group['lr'], where)
         if group['momentum'] < 0.0:

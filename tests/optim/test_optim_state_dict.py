@@ -80,14 +80,15 @@ def test_wrong_shape_anchor_raises() -> None:
     state_dict['state'][0]['anchor'] = torch.zeros(4, 3)
     fresh = DualOptAdamW(clone_params(params), lr=1e-3)
     with pytest.raises(ValueError, match=r'anchor \(theta_0\) of shape \(4, 3\) for parameter 0 '
-                                         r'of param group 0, whose shape is \(3, 4\)'):
+                                         r'of param group 0, whose shape is now \(3, 4\)'):
         fresh.load_state_dict(state_dict)
     assert len(fresh.state) == 0  # refused before anything was loaded
 
 
 def test_loads_a_torch_adamw_checkpoint() -> None:
-    """Switching a run from torch AdamW to DualOptAdamW: the torch state loads, the DualOpt
-    keys take the optimizer's defaults, anchors are captured at the next step."""
+    """Switching a run from torch AdamW to DualOptAdamW: the torch state loads and the DualOpt
+    keys keep the optimizer's values; the weights are mid-training, so the next step refuses
+    to anchor them silently; capture_anchors() does it on purpose."""
     params = make_params([(3, 3), (3,)])
     torch_opt = torch.optim.AdamW(params, lr=1e-2)
     set_grads(params, 0)
@@ -97,8 +98,24 @@ def test_loads_a_torch_adamw_checkpoint() -> None:
     assert ours.param_groups[0]['k_max'] == 0.2 and ours.param_groups[0]['mode'] == 'finetune'
     before = params[0].detach().clone()
     set_grads(params, 1)
+    with pytest.raises(RuntimeError, match='no theta_0'):
+        ours.step()
+    assert ours.capture_anchors() == 2
     ours.step()
     assert torch.equal(ours.state[params[0]]['anchor'], before)
+    assert float(ours.state[params[0]]['step']) == 2.0
+
+
+def test_torch_adamw_checkpoint_at_k_zero_migrates() -> None:
+    """At k = 0 no anchor is ever used: the migration from torch AdamW just continues."""
+    params = make_params([(3, 3), (3,)])
+    torch_opt = torch.optim.AdamW(params, lr=1e-2)
+    set_grads(params, 0)
+    torch_opt.step()
+    ours = DualOptAdamW(params, lr=1e-2, k_max=0.0)
+    ours.load_state_dict(_round_trip(torch_opt.state_dict()))
+    set_grads(params, 1)
+    ours.step()
     assert float(ours.state[params[0]]['step']) == 2.0
 
 
