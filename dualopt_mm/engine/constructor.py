@@ -7,6 +7,7 @@ per-group scalars (docs/design.md).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Sequence
@@ -19,8 +20,23 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from ..optim.levels import anchor_dtype_name, check_k_unit, check_level_range, check_mode
+from ..optim.levels import (
+    anchor_dtype_name,
+    check_k_unit,
+    check_level_range,
+    check_mode,
+)
+from .base_constructor import (
+    DEFAULT_CONSTRUCTOR,
+    DEFAULT_PARAMWISE_KEYS,
+    close_matches,
+    did_you_mean,
+    infer_base_constructor,
+    resolve_constructor,
+    split_groups,
+)
 from .layer_index import (
     DEFAULT_RULES,
     LAYER_INDEX_STRATEGIES,
@@ -29,11 +45,15 @@ from .layer_index import (
     dense_layer_ids,
 )
 from .report import REVIEW_DEFAULTS, format_table, level_rows
+from .zero import DualOptZeroRedundancyOptimizer
 
 #: ``paramwise_cfg['dualopt']`` keys forwarded to the optimizer (its ``defaults``).
 OPTIMIZER_KEYS = ('k_max', 'k_min', 'gamma', 'k_unit', 'reverse', 'skip_1d', 'anchor_dtype')
 
 PRETRAINED_RULES = ('auto', 'backbone', 'all')
+
+#: Keys of a ``custom_keys`` entry that mmengine's default constructor reads.
+CUSTOM_KEY_KEYS = ('lr_mult', 'decay_mult')
 
 #: The torch optimizers the constructor replaces by their DualOpt counterpart.
 SWAPS = {'SGD': 'DualOptSGD', 'Adam': 'DualOptAdam', 'AdamW': 'DualOptAdamW'}
@@ -65,6 +85,11 @@ class DualOptOptions:
             ``DualOptAdam`` / ``DualOptAdamW`` (same kwargs), so a stock config is converted
             by naming this constructor. With False (or an optimizer that has no DualOpt
             counterpart), add ``WeightRollbackHook(review=True)`` to get the review step.
+        base_constructor: the registered name of the constructor that builds the lr /
+            weight-decay groups (``'mmseg.LearningRateDecayOptimizerConstructor'``, a user
+            constructor, ...). None: recognised from the layer-decay keys of ``paramwise_cfg``
+            (:func:`~dualopt_mm.engine.base_constructor.infer_base_constructor`), else
+            mmengine's default constructor.
         k_max, k_min, gamma, k_unit, reverse, skip_1d, anchor_dtype: the optimizer's review
             hyper-parameters (docs/design.md); None keeps the optimizer's own default. They
             may equally be given in ``optimizer=dict(...)``; giving both different values is
@@ -76,6 +101,7 @@ class DualOptOptions:
     layer_index: str = 'block'
     get_layer_index: Optional[GetLayerIndex] = None
     swap_optimizer: bool = True
+    base_constructor: Optional[str] = None
     k_max: Optional[float] = None
     k_min: Optional[float] = None
     gamma: Optional[float] = None
@@ -91,7 +117,8 @@ class DualOptOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f'unknown paramwise_cfg.dualopt keys {unknown}: allowed are '
+            hints = ''.join(did_you_mean(key, sorted(known)) for key in unknown)
+            raise ValueError(f'unknown paramwise_cfg.dualopt keys {unknown}{hints}: allowed are '
                              f'{sorted(known)}')
         options = cls(**cfg)
         options.validate()
@@ -118,6 +145,9 @@ class DualOptOptions:
         if self.get_layer_index is not None and not callable(self.get_layer_index):
             raise ValueError(f'paramwise_cfg.dualopt.get_layer_index={self.get_layer_index!r}'
                              ' must be a callable name -> (block, depth) or None')
+        if self.base_constructor is not None and not isinstance(self.base_constructor, str):
+            raise ValueError(f'paramwise_cfg.dualopt.base_constructor={self.base_constructor!r}'
+                             ' must be the registered name of a constructor')
         if not isinstance(self.swap_optimizer, bool):
             raise ValueError(f'paramwise_cfg.dualopt.swap_optimizer={self.swap_optimizer!r} '
                              'must be a bool')
@@ -151,11 +181,100 @@ def pretrained_init_prefixes(model: nn.Module) -> List[str]:
 
 
 def is_pretrained_init(cfg: Any) -> bool:
-    """Whether an ``init_cfg`` entry loads a checkpoint (``type='Pretrained'``)."""
+    """Whether an ``init_cfg`` entry loads a checkpoint: ``type='Pretrained'``, or no type and
+    a ``checkpoint`` key (mmdet's PVT reads ``init_cfg=dict(checkpoint=...)`` itself)."""
     if not isinstance(cfg, dict):
         return False
     init_type = cfg.get('type')
+    if init_type is None:
+        return bool(cfg.get('checkpoint'))
     return init_type == 'Pretrained' or getattr(init_type, '__name__', None) == 'PretrainedInit'
+
+
+def preinitialised_prefixes(model: nn.Module) -> List[str]:
+    """Name prefixes of the modules that loaded their weights when they were built.
+
+    mmengine marks a module initialised (``_is_init``) when ``init_weights`` ran; before the
+    model's own ``init_weights`` (mmengine's Runner builds the optimizer first) a module so
+    marked filled its weights at construction, e.g. mmpretrain's
+    ``TIMMBackbone(pretrained=True)``. Empty when the model itself is already initialised
+    (FlexibleRunner initialises before building the optimizer): nothing can be told then.
+    """
+    if getattr(model, '_is_init', False):
+        return []
+    prefixes: List[str] = []
+    for module_name, module in model.named_modules():
+        if not module_name or not getattr(module, '_is_init', False):
+            continue
+        prefix = f'{module_name}.'
+        if not any(prefix.startswith(p) for p in prefixes) and any(
+                True for _ in module.parameters()):
+            prefixes.append(prefix)
+    return prefixes
+
+
+def calling_runner() -> Any:
+    """The mmengine ``Runner`` / ``FlexibleRunner`` building the optimizer, or None.
+
+    mmengine builds the optim wrapper from ``Runner.build_optim_wrapper`` without passing the
+    runner on; its ``load_from`` (a pretrained source the model cannot show) is read from the
+    calling frames.
+    """
+    from mmengine.runner import FlexibleRunner, Runner
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get('self')
+            if isinstance(candidate, (Runner, FlexibleRunner)):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+@dataclass
+class PretrainedSources:
+    """Where the pretrained weights of a run come from, as far as the constructor can see.
+
+    Args:
+        init_prefixes: modules whose ``init_cfg`` loads a checkpoint.
+        built_prefixes: modules that loaded weights when built (``TIMMBackbone``).
+        load_from: the runner's ``load_from``.
+        runner_seen: whether a Runner was found (else ``load_from`` is unknown).
+        resume: whether the runner resumes (modes then come from the checkpoint).
+    """
+
+    init_prefixes: List[str]
+    built_prefixes: List[str]
+    load_from: Optional[str]
+    runner_seen: bool
+    resume: bool = False
+
+    @classmethod
+    def find(cls, model: nn.Module) -> PretrainedSources:
+        runner = calling_runner()
+        return cls(init_prefixes=pretrained_init_prefixes(model),
+                   built_prefixes=preinitialised_prefixes(model),
+                   load_from=getattr(runner, '_load_from', None) if runner else None,
+                   runner_seen=runner is not None,
+                   resume=bool(getattr(runner, '_resume', False)) if runner else False)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.init_prefixes or self.built_prefixes or self.load_from)
+
+    @property
+    def none_anywhere(self) -> bool:
+        """True when a runner was seen and nothing pretrained is configured anywhere."""
+        return self.runner_seen and not self.any and not self.resume
+
+    def describe(self) -> str:
+        parts = [f'init_cfg of {p.rstrip(".") or "the model"}' for p in self.init_prefixes]
+        parts += [f'{p.rstrip(".")} (loaded when built)' for p in self.built_prefixes]
+        if self.load_from:
+            parts.append(f'load_from={self.load_from}')
+        return ', '.join(parts) if parts else 'none'
 
 
 def pretrained_candidates(model: nn.Module, names: Sequence[str],
@@ -168,11 +287,35 @@ def pretrained_candidates(model: nn.Module, names: Sequence[str],
     if rule == 'all':
         return list(names)
     if rule == 'auto':
-        prefixes = pretrained_init_prefixes(model) or ['backbone.']
+        prefixes = (pretrained_init_prefixes(model) + preinitialised_prefixes(model)
+                    or ['backbone.'])
         chosen = [n for n in names if any(n.startswith(p) for p in prefixes)]
         return chosen if chosen else list(names)
     prefixes = ['backbone.'] if rule == 'backbone' else list(rule)
     return [n for n in names if any(n.startswith(p) for p in prefixes)]
+
+
+def check_not_fsdp(model: nn.Module) -> None:
+    """Refuse a model sharded by FSDP (README, FAQ "FSDP"): its parameters are flat shards
+    whose names, shapes and layer units the constructor cannot map back to the model's."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch without distributed
+        return
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        raise NotImplementedError(
+            'DualOptOptimWrapperConstructor does not support FSDP (FlexibleRunner with '
+            'FSDPStrategy / DeepSpeedStrategy): the optimizer would see flat shards, not the '
+            "model's tensors, so the pretrained split, the block index and theta_0 cannot be "
+            'placed. Shard the optimizer state instead with ZeRO-1: '
+            "optim_wrapper=dict(optimizer=dict(type='DualOptZeroRedundancyOptimizer', "
+            "optimizer_type='DualOptAdamW', ...)) under DDP (README, FAQ 'Large backbones')")
+
+
+def _is_zero(optimizer_cls: type) -> bool:
+    """mmengine's or DualOpt's ZeroRedundancyOptimizer."""
+    return isinstance(optimizer_cls, type) and issubclass(optimizer_cls,
+                                                          ZeroRedundancyOptimizer)
 
 
 def _reviews(optimizer_cls: type) -> bool:
@@ -224,9 +367,21 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
         self.options = DualOptOptions.from_cfg(paramwise_cfg.pop('dualopt', None))
+        #: the constructor that builds the lr / weight-decay groups (None: mmengine's default)
+        self.base_constructor: Optional[str] = (
+            self.options.base_constructor if self.options.base_constructor is not None
+            else infer_base_constructor(paramwise_cfg))
+        if self.base_constructor in (DEFAULT_CONSTRUCTOR, f'mmengine.{DEFAULT_CONSTRUCTOR}'):
+            self.base_constructor = None
+        #: what the base constructor receives: the config's paramwise_cfg, dualopt removed
+        self.base_paramwise_cfg = copy.deepcopy(paramwise_cfg)
+        if self.base_constructor is not None:  # its own keys are its business
+            paramwise_cfg = {k: v for k, v in paramwise_cfg.items()
+                             if k in DEFAULT_PARAMWISE_KEYS}
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
-        for key, custom in self.paramwise_cfg.get('custom_keys', {}).items():
-            if 'mode' in custom:
+        custom_keys = self.base_paramwise_cfg.get('custom_keys', {}) or {}
+        for key, custom in custom_keys.items():
+            if isinstance(custom, dict) and 'mode' in custom:
                 check_mode(custom['mode'], f'paramwise_cfg.custom_keys[{key!r}]')
         given = dict(self.options.optimizer_kwargs())
         if self.options.mode is not None:
@@ -236,32 +391,119 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 raise ValueError(
                     f'{key} is given twice with different values: optimizer {key}='
                     f'{self.optimizer_cfg[key]!r}, paramwise_cfg.dualopt {key}={value!r}')
-        mode = given.get('mode', self.optimizer_cfg.get('mode', 'finetune'))
-        check_mode(mode, 'optimizer mode')
+        #: the mode the config asks for (None: decided from the pretrained sources)
+        self.mode_given: Optional[str] = given.get('mode', self.optimizer_cfg.get('mode'))
+        if self.mode_given is not None:
+            check_mode(self.mode_given, 'optimizer mode')
         #: the run's mode: the default of every group that custom_keys does not set
-        self.mode: str = mode
+        self.mode: str = self.mode_given or 'finetune'
+        self._check_custom_keys(custom_keys)
+
+    def _check_custom_keys(self, custom_keys: dict) -> None:
+        """Refuse a key of a ``custom_keys`` entry that is a near miss of a review or mmengine
+        key (``k_maxx``, ``lr_mul``): mmengine would copy it into the group unread."""
+        self.resolve_optimizer()
+        known = set(REVIEW_DEFAULTS) | set(CUSTOM_KEY_KEYS) | {'reference'}
+        known |= set(inspect.signature(self.local_optimizer).parameters)
+        targets = sorted(set(REVIEW_DEFAULTS) | set(CUSTOM_KEY_KEYS))
+        for pattern, custom in custom_keys.items():
+            if not isinstance(custom, dict):
+                continue
+            for key in custom:
+                if key in known:
+                    continue
+                matches = close_matches(key, targets, cutoff=0.8)
+                if matches:
+                    raise ValueError(
+                        f'paramwise_cfg.custom_keys[{pattern!r}] has the unknown key {key!r} '
+                        f'(did you mean {" or ".join(map(repr, matches))}?): it would be '
+                        'copied into the param groups and read by nothing')
+
+    def _decide_mode(self, model: nn.Module) -> Optional[PretrainedSources]:
+        """Set :attr:`mode` from the config and the pretrained sources; log the decision.
+
+        No mode given: ``'finetune'`` when the config names pretrained weights (an
+        ``init_cfg`` checkpoint, a module that loaded weights when built, the runner's
+        ``load_from``), ``'scratch'`` when a Runner builds the optimizer and none is named
+        anywhere. Outside a Runner ``load_from`` cannot be seen and finetune is kept.
+        ``mode='finetune'`` given with no pretrained source is warned about.
+        """
+        if self.mode_given == 'scratch' or self.mode_given == 'none':
+            return None
+        sources = PretrainedSources.find(model)
+        if self.mode_given is None and self.options.pretrained == 'auto' and \
+                sources.none_anywhere:
+            self.mode = 'scratch'
+            self.auto_scratch = True
+        elif self.mode_given == 'finetune' and not sources.any and not sources.resume:
+            print_log(
+                "DualOpt mode='finetune' but no pretrained weights are configured (no "
+                'load_from, no init_cfg Pretrained'
+                + ('' if sources.runner_seen else '; load_from unknown: no Runner') +
+                '): the review rolls the weights back toward their random initialisation. '
+                "Set load_from or the backbone's init_cfg=dict(type='Pretrained', "
+                "checkpoint=...), or use paramwise_cfg=dict(dualopt=dict(mode='scratch'))",
+                logger='current', level=logging.WARNING)
+        return sources
 
     # -- optimizer class -------------------------------------------------------------------
     def resolve_optimizer(self) -> Tuple[type, bool]:
-        """The optimizer class to build and whether it replaced a torch optimizer."""
-        optimizer_type = self.optimizer_cfg['type']
-        if isinstance(optimizer_type, str):
-            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-                optimizer_cls = registry.get(optimizer_type)
-            if optimizer_cls is None:
-                raise ValueError(f'optimizer type {optimizer_type!r} is not registered in '
-                                 'OPTIMIZERS')
-        else:
-            optimizer_cls = optimizer_type
+        """The optimizer class to build and whether it replaced a torch optimizer.
+
+        A ZeRO optimizer (mmengine's ``ZeroRedundancyOptimizer`` or
+        :class:`~dualopt_mm.engine.zero.DualOptZeroRedundancyOptimizer`) becomes the latter,
+        its ``optimizer_type`` swapped like a plain optimizer; :attr:`local_optimizer` is then
+        the class of the local optimizer, else the optimizer class itself.
+        """
+        optimizer_cls = self._registered(self.optimizer_cfg['type'])
+        #: the ``optimizer_type`` a ZeRO optimizer gets (None: not ZeRO)
+        self.zero_optimizer_type: Optional[str] = None
+        if _is_zero(optimizer_cls):
+            inner = self.optimizer_cfg.get('optimizer_type', 'SGD')
+            local_cls = self._registered(inner)
+            swapped = False
+            if self.options.swap_optimizer:
+                for torch_name, dualopt_name in SWAPS.items():
+                    if local_cls is getattr(torch.optim, torch_name):
+                        local_cls, inner, swapped = self._registered(dualopt_name), \
+                            dualopt_name, True
+            self.zero_optimizer_type = inner if isinstance(inner, str) else local_cls
+            self.local_optimizer: type = local_cls
+            return DualOptZeroRedundancyOptimizer, swapped
+        self.local_optimizer = optimizer_cls
         if not self.options.swap_optimizer:
             return optimizer_cls, False
         for torch_name, dualopt_name in SWAPS.items():
             if optimizer_cls is getattr(torch.optim, torch_name):
-                from .. import optim as dualopt_optim
-                return getattr(dualopt_optim, dualopt_name), True
+                self.local_optimizer = self._registered(dualopt_name)
+                return self.local_optimizer, True
         return optimizer_cls, False
 
+    @staticmethod
+    def _registered(optimizer_type: Any) -> type:
+        if not isinstance(optimizer_type, str):
+            return optimizer_type
+        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+            optimizer_cls = registry.get(optimizer_type)
+        if optimizer_cls is None:
+            raise ValueError(f'optimizer type {optimizer_type!r} is not registered in '
+                             'OPTIMIZERS')
+        return optimizer_cls
+
     # -- param groups ----------------------------------------------------------------------
+    def build_groups(self, model: nn.Module) -> List[dict]:
+        """One group per trainable tensor, lr and weight decay as the base constructor sets
+        them (mmengine's default rules, or the config's layer-decay constructor)."""
+        params: List[dict] = []
+        if self.base_constructor is None:
+            self.add_params(params, model)  # mmengine's paramwise rules, one group per tensor
+            return params
+        base_cls = resolve_constructor(self.base_constructor)
+        base = base_cls(dict(self.optim_wrapper_cfg, optimizer=copy.deepcopy(self.optimizer_cfg)),
+                        copy.deepcopy(self.base_paramwise_cfg))
+        base.add_params(params, model)
+        return split_groups(params, model)
+
     def annotate(self, params: List[dict], model: nn.Module) -> None:
         """Write the DualOpt keys into the groups that ``add_params`` made (in place)."""
         name_of = {id(p): n for n, p in model.named_parameters()}  # first name of a shared one
@@ -277,6 +519,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                              'weights): set paramwise_cfg bypass_duplicate=True')
 
         options = self.options
+        if not isinstance(options.pretrained, str):
+            self._check_prefixes(options.pretrained, names, model)
         candidates = set(pretrained_candidates(model, names, options.pretrained))
         for name, group in zip(names, params):
             group['param_name'] = name
@@ -296,33 +540,84 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             group['block_index'] = block_index
         assign_layer_ids(params)
 
+    @staticmethod
+    def _check_prefixes(prefixes: Sequence[str], names: Sequence[str], model: nn.Module) -> None:
+        """Refuse a ``pretrained`` prefix that matches no trainable tensor, naming the close
+        module names."""
+        modules = [f'{n}.' for n, _ in model.named_modules() if n]
+        for prefix in prefixes:
+            if not any(name.startswith(prefix) for name in names):
+                raise ValueError(
+                    f'paramwise_cfg.dualopt.pretrained prefix {prefix!r} matches no trainable '
+                    f'tensor{did_you_mean(prefix, modules, cutoff=0.7)}: nothing would be '
+                    'reviewed')
+
+    def scale_levels(self, params: List[dict], optimizer_defaults: Dict[str, Any]) -> None:
+        """k_unit='base_lr': a group whose lr is r times the optimizer's lr (``lr_mult``,
+        ``bias_lr_mult``, layer-wise lr decay) gets levels r·k, so that
+        λ = (η_t / η_base) · k_i with η_base the *optimizer's* base lr: λ stays proportional
+        to the group's lr, as in the papers' λ = η·k (README, "Levels and lr multipliers")."""
+        base_lr = self.base_lr
+        if not base_lr:
+            return
+        for group in params:
+            if group.get('mode', 'none') == 'none' or 'lr' not in group:
+                continue
+            setting = {k: group.get(k, optimizer_defaults.get(k, REVIEW_DEFAULTS[k]))
+                       for k in ('k_unit', 'k_max', 'k_min')}
+            ratio = float(group['lr']) / float(base_lr)
+            group['lr_ratio'] = ratio
+            if setting['k_unit'] != 'base_lr' or ratio == 1.0:
+                continue
+            group['k_max'] = setting['k_max'] * ratio
+            group['k_min'] = setting['k_min'] * ratio
+            if group['k_max'] > 1:
+                raise ValueError(
+                    f'{group["param_name"]}: its lr is {ratio:g} x the optimizer lr, so its '
+                    f"level k_max = {setting['k_max']!r} x {ratio:g} = {group['k_max']:.4g} > 1 "
+                    "with k_unit='base_lr' (lambda would exceed 1 at the peak lr): lower "
+                    'k_max, or exempt it with custom_keys mode=\'none\'')
+
     def __call__(self, model: nn.Module) -> OptimWrapper:
+        check_not_fsdp(model)
         if hasattr(model, 'module'):
             model = model.module
         optim_wrapper_cfg = self.optim_wrapper_cfg.copy()
         optim_wrapper_cfg.setdefault('type', 'OptimWrapper')
         optimizer_cfg = self.optimizer_cfg.copy()
         optimizer_cls, swapped = self.resolve_optimizer()
-        reviews = _reviews(optimizer_cls)
-
-        params: List[dict] = []
-        self.add_params(params, model)  # mmengine's paramwise rules, one group per tensor
-        self.annotate(params, model)
+        reviews = _reviews(self.local_optimizer)
+        if self.zero_optimizer_type is not None:
+            optimizer_cfg['optimizer_type'] = self.zero_optimizer_type
+        self.auto_scratch = False
+        sources = self._decide_mode(model)
 
         extra = self.options.optimizer_kwargs()
+        if self.auto_scratch and not any(k in extra or k in optimizer_cfg
+                                         for k in ('k_max', 'k_unit')):
+            # levels of a fine-tuning rollback (1 % per step) would crush a from-scratch run:
+            # the layer-wise decay adds at most the config's own weight decay
+            extra = dict(extra, k_unit='absolute',
+                         k_max=float(optimizer_cfg.get('weight_decay', 0.0) or 0.0))
+        params = self.build_groups(model)
+        self.annotate(params, model)
+
         if reviews:
             optimizer_cfg['mode'] = self.mode
             optimizer_cfg.update(extra)
+            defaults = dict(optimizer_cfg)
         else:
             for group in params:  # carried for WeightRollbackHook(review=True)
                 if group['mode'] != 'none':
                     for key, value in extra.items():
                         group.setdefault(key, value)
+            defaults = dict(extra)
             if any(group['mode'] != 'none' for group in params):
                 print_log(
                     f'{optimizer_cls.__name__} does not apply the DualOpt review step: add '
                     "custom_hooks=[dict(type='WeightRollbackHook', review=True)] or use a "
                     'DualOpt optimizer', logger='current', level=logging.WARNING)
+        self.scale_levels(params, defaults)
         optimizer_cfg['type'] = optimizer_cls
         first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
         optimizer_cfg.pop('params', None)
@@ -330,20 +625,41 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optimizer = OPTIMIZERS.build(optimizer_cfg)
 
         if is_main_process():
-            fallback = optimizer.defaults if reviews else extra
-            header = (f'DualOpt param groups ({optimizer_cls.__name__}'
-                      + (f', replacing {self.optimizer_cfg["type"]}' if swapped else '')
-                      + f', layer_index={self.options.layer_index!r}, '
-                      f'pretrained={self.options.pretrained!r}):\n')
-            print_log(header + format_table(level_rows(optimizer.param_groups, fallback)),
-                      logger='current')
-            if self.mode == 'finetune' and self.options.pretrained == 'auto':
-                print_log(
-                    "pretrained='auto': WeightRollbackHook refines the reviewed tensors to "
-                    'those a checkpoint fills (load_from / init_cfg=Pretrained) at '
-                    'before_train; without the hook the build-time rule above holds',
-                    logger='current')
+            self._log(optimizer, optimizer_cls, swapped, reviews, extra, sources)
         return OPTIM_WRAPPERS.build(optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
+
+    def _log(self, optimizer: torch.optim.Optimizer, optimizer_cls: type, swapped: bool,
+             reviews: bool, extra: Dict[str, Any], sources: Optional[PretrainedSources]) -> None:
+        fallback = optimizer.defaults if reviews else extra
+        header = (f'DualOpt param groups ({optimizer_cls.__name__}'
+                  + (f', replacing {self.optimizer_cfg["type"]}' if swapped else '')
+                  + (f', lr / weight decay by {self.base_constructor}'
+                     if self.base_constructor else '')
+                  + f', mode={self.mode!r}, layer_index={self.options.layer_index!r}, '
+                  f'pretrained={self.options.pretrained!r}):\n')
+        print_log(header + format_table(level_rows(optimizer.param_groups, fallback)),
+                  logger='current')
+        if self.base_constructor and self.options.base_constructor is None:
+            print_log(f'paramwise_cfg carries the layer-decay keys of {self.base_constructor}: '
+                      'it builds the lr / weight-decay groups, DualOpt adds the review '
+                      '(paramwise_cfg.dualopt.base_constructor names another one)',
+                      logger='current')
+        if self.auto_scratch:
+            print_log(
+                'DualOpt: no pretrained weights are configured (no load_from, no init_cfg '
+                "Pretrained, no module loaded when built): mode 'scratch' (real-time "
+                'layer-wise weight decay toward 0 of every tensor, on top of the config\'s '
+                f"weight decay; k_unit={fallback.get('k_unit')!r}, "
+                f"k_max={fallback.get('k_max')!r}). Set load_from / init_cfg, or "
+                "paramwise_cfg=dict(dualopt=dict(mode='finetune')) if the weights come from "
+                'elsewhere', logger='current', level=logging.WARNING)
+        if self.mode == 'finetune' and self.options.pretrained == 'auto':
+            print_log(
+                f'pretrained sources: {sources.describe() if sources else "-"}. '
+                "pretrained='auto': WeightRollbackHook refines the reviewed tensors to "
+                'those a checkpoint fills (load_from / init_cfg=Pretrained) at '
+                'before_train; without the hook the build-time rule above holds',
+                logger='current')
 
 
 def assign_layer_ids(groups: Sequence[dict]) -> None:
