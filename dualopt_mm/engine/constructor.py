@@ -43,6 +43,7 @@ from .layer_index import (
     GetLayerIndex,
     assign_blocks,
     dense_layer_ids,
+    rules_by_module,
 )
 from .report import REVIEW_DEFAULTS, format_table, level_rows
 from .zero import DualOptZeroRedundancyOptimizer
@@ -535,6 +536,19 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
         blocks = assign_blocks(names, options.layer_index, DEFAULT_RULES,
                                options.get_layer_index)
+        if options.layer_index == 'block':
+            reviewed = [n for n, g in zip(names, params) if g['mode'] != 'none']
+            #: the rule that indexes each reviewed top-level module ('backbone' -> 'ResNet')
+            self.index_rules = rules_by_module(reviewed, DEFAULT_RULES, options.get_layer_index)
+            generic = sorted(m for m, rule in self.index_rules.items() if rule == 'generic')
+            if generic and is_main_process():
+                print_log(
+                    f'DualOpt layer index: no block rule knows {", ".join(generic)}: the '
+                    'generic rule is used (one level per module, in registration order). Add '
+                    'one with paramwise_cfg.dualopt.get_layer_index (a callable name -> '
+                    '(block, depth)) or dualopt_mm.engine.DEFAULT_RULES + '
+                    "(ArchitectureRule('MyNet', BlockPattern(r'blocks\\.(?P<b>\\d+)\\.')),)",
+                    logger='current')
         for group, (block, block_index) in zip(params, blocks):
             group['block'] = block
             group['block_index'] = block_index

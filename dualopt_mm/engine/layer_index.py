@@ -22,15 +22,35 @@ depth from parameter *names* only (no class-name sniffing), with two strategies:
     ConvNeXt             ``downsample_layers.{s}`` (0 is the stem), ``stages.{s}.{b}``,
                          ``norm{s}``
     MiT (SegFormer)      ``layers.{s}.0`` (patch embed), ``layers.{s}.1.{b}``, ``layers.{s}.2``
-    ViT / BEiT / DeiT    ``stem`` (cls_token, pos_embed, patch_embed, pre_norm),
-                         ``layers.{b}``, then the final norms
+    PVT / PVTv2          as MiT (v1: ``layers.{s}.1.0`` is the stage's position embedding)
+    Staged CNNs          ``stage{s}.{b}`` with ``layer{s}.{b}`` and ``transition{s}``:
+                         HRNet (stem, ``layer1.{b}``, ``transition1``, ``stage2.{module}``,
+                         ...), CSPDarknet (YOLOX) and CSPNeXt (RTMDet) (``stem``,
+                         ``stage{s}.{b}``)
+    Twins / EfficientNet ``layers.{s}.{b}`` with ``patch_embeds.{s}`` before stage s and
+                         ``position_encodings.{s}`` after its first block, ``norm_list.{s}``
+                         after its last (Twins PCPVT/SVT),
+                         or ``layers.{s}`` ConvModules before stage s (mmdet EfficientNet)
+    MSCAN (SegNeXt)      ``patch_embed{s}``, ``block{s}.{b}``, ``norm{s}``
+    PoolFormer           ``patch_embed``, ``network.{2k}.{b}`` (stage k), ``network.{2k+1}``
+                         (its downsampling), ``norm{i}``
+    Darknet (YOLOv3)     ``conv1``, ``conv_res_block{s}.conv``, ``conv_res_block{s}.res{b}``
+    HourglassNet         ``stem``, per stack k: ``hourglass_modules.k``, ``out_convs.k``,
+                         ``conv1x1s.k``, ``remap_convs.k``, ``inters.k``
+    SSD VGG              ``features.{i}`` (each conv layer)
+    timm (TIMMBackbone)  ``conv_stem``/``bn1`` stem, ``blocks.{s}.{b}`` (EfficientNet,
+                         MobileNet...) or ``blocks.{b}`` (ViT), ``conv_head``/``bn2``
+    MobileNetV3 (mmseg)  ``layer{i}`` (MobileNetV2 uses the ResNet rule)
     ===================  ===================================================================
+
+    Patch embeddings sit at the depth of the stage they feed, position encodings after it.
 
     A rule *claims* the prefix (the "root", e.g. ``backbone.``) under which its anchor pattern
     (``layer{s}.{b}.``, ``stages.{s}.blocks.{b}.``...) matches; inside a claimed root, the
     tensors registered before the first block form the ``stem`` block and tensors no pattern
-    knows become blocks of their own after the root's last block. Tensors outside every
-    claimed root (FPN necks, heads, or any backbone without a rule) use the generic fallback:
+    knows become blocks of their own (one per module under the root) after its last block.
+    Tensors outside every claimed root (FPN necks, heads, or any backbone without a rule) use
+    the generic fallback (the constructor logs which top-level modules fall to it):
     one block per module that owns parameters directly (a conv's weight and bias share a
     level), in the order the model registers them. The fallback never fails, so any model
     gets an index.
@@ -76,12 +96,15 @@ class BlockPattern:
         block: position inside the stage when ``regex`` has no ``b`` group (``-1``: before
             the stage's blocks, ``_LAST``: after them).
         tie: breaks ties between patterns that share (stage, block).
+        name: the block name (default: the matched text), so that sibling modules (a conv and
+            its norm) can share one block.
     """
 
     regex: str
     stage: int = 0
     block: int = 0
     tie: int = 0
+    name: Optional[str] = None
 
     def match(self, relative_name: str) -> Optional[Tuple[str, Tuple[float, ...]]]:
         """Block name (relative to the root) and sort key of ``relative_name``, or None."""
@@ -91,7 +114,7 @@ class BlockPattern:
         groups = m.groupdict()
         stage = int(groups['s']) if groups.get('s') is not None else self.stage
         block = int(groups['b']) if groups.get('b') is not None else self.block
-        return m.group(0).rstrip('.'), (stage, block, self.tie)
+        return self.name or m.group(0).rstrip('.'), (stage, block, self.tie)
 
 
 @dataclass(frozen=True)
@@ -129,28 +152,81 @@ class ArchitectureRule:
         return None
 
 
-#: Built-in rules, in priority order (the first rule to claim a root keeps it).
+_SE = _LAST  # shorthand: sorts after every numbered block
+
+#: Built-in rules, in priority order (among roots of equal depth the first rule claims it).
 DEFAULT_RULES: Tuple[ArchitectureRule, ...] = (
     ArchitectureRule(
-        'MiT',
+        'MiT',  # SegFormer's MiT, PVT, PVTv2
         BlockPattern(r'layers\.(?P<s>\d+)\.1\.(?P<b>\d+)\.'),
         (BlockPattern(r'layers\.(?P<s>\d+)\.0\.', block=-1),
-         BlockPattern(r'layers\.(?P<s>\d+)\.2\.', block=_LAST)),
+         BlockPattern(r'layers\.(?P<s>\d+)\.2\.', block=_SE)),
     ),
     ArchitectureRule(
         'Swin',
         BlockPattern(r'stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.'),
-        (BlockPattern(r'norm(?P<s>\d+)\.', block=_LAST, tie=0),
-         BlockPattern(r'stages\.(?P<s>\d+)\.downsample\.', block=_LAST, tie=1)),
+        (BlockPattern(r'norm(?P<s>\d+)\.', block=_SE, tie=0),
+         BlockPattern(r'stages\.(?P<s>\d+)\.downsample\.', block=_SE, tie=1)),
     ),
     ArchitectureRule(
         'ConvNeXt',
         BlockPattern(r'stages\.(?P<s>\d+)\.(?P<b>\d+)\.'),
         (BlockPattern(r'downsample_layers\.(?P<s>\d+)\.', block=-1),
-         BlockPattern(r'norm(?P<s>\d+)\.', block=_LAST)),
+         BlockPattern(r'norm(?P<s>\d+)\.', block=_SE)),
+    ),
+    ArchitectureRule(
+        'Staged',  # HRNet, CSPDarknet (YOLOX), CSPNeXt (RTMDet)
+        BlockPattern(r'stage(?P<s>\d+)\.(?P<b>\d+)\.'),
+        (BlockPattern(r'layer(?P<s>\d+)\.(?P<b>\d+)\.'),
+         BlockPattern(r'transition(?P<s>\d+)\.', block=_SE)),
+    ),
+    ArchitectureRule(
+        'Twins/EfficientNet',
+        BlockPattern(r'layers\.(?P<s>\d+)\.(?P<b>\d+)\.'),
+        (BlockPattern(r'patch_embeds\.(?P<s>\d+)\.', block=-1),
+         BlockPattern(r'position_encodings\.(?P<s>\d+)\.', block=0, tie=1),
+         BlockPattern(r'layers\.(?P<s>\d+)\.(?=(?:conv|bn)\.)', block=-1),
+         BlockPattern(r'norm_list\.(?P<s>\d+)\.', block=_SE)),
+    ),
+    ArchitectureRule(
+        'MSCAN',
+        BlockPattern(r'block(?P<s>\d+)\.(?P<b>\d+)\.'),
+        (BlockPattern(r'patch_embed(?P<s>\d+)\.', block=-1),
+         BlockPattern(r'norm(?P<s>\d+)\.', block=_SE)),
+    ),
+    ArchitectureRule(
+        'PoolFormer',
+        BlockPattern(r'network\.(?P<s>\d+)\.(?P<b>\d+)\.'),
+        (BlockPattern(r'network\.(?P<s>\d+)\.'),
+         BlockPattern(r'norm(?P<s>\d+)\.', block=_SE)),
+    ),
+    ArchitectureRule(
+        'Darknet',
+        BlockPattern(r'conv_res_block(?P<s>\d+)\.res(?P<b>\d+)\.'),
+        (BlockPattern(r'conv_res_block(?P<s>\d+)\.conv\.', block=-1),),
+    ),
+    ArchitectureRule(
+        'HourglassNet',
+        BlockPattern(r'hourglass_modules\.(?P<b>\d+)\.'),
+        (BlockPattern(r'out_convs\.(?P<b>\d+)\.', tie=1),
+         BlockPattern(r'conv1x1s\.(?P<b>\d+)\.', tie=2),
+         BlockPattern(r'remap_convs\.(?P<b>\d+)\.', tie=3),
+         BlockPattern(r'inters\.(?P<b>\d+)\.', tie=4)),
+    ),
+    ArchitectureRule(
+        'timm',  # mmpretrain's TIMMBackbone: EfficientNet, MobileNet, ...
+        BlockPattern(r'blocks\.(?P<s>\d+)\.(?P<b>\d+)\.'),
+        (BlockPattern(r'(?:conv_head|bn2)\.', stage=_SE, name='head'),),
     ),
     ArchitectureRule('ResNet', BlockPattern(r'layer(?P<s>\d+)\.(?P<b>\d+)\.')),
     ArchitectureRule('ViT', BlockPattern(r'layers\.(?P<b>\d+)\.')),
+    ArchitectureRule(
+        'timm ViT',
+        BlockPattern(r'blocks\.(?P<b>\d+)\.'),
+        (BlockPattern(r'(?:norm|fc_norm)\.', block=_SE, name='norm'),),
+    ),
+    ArchitectureRule('MobileNetV3', BlockPattern(r'layer(?P<b>\d+)\.')),
+    ArchitectureRule('SSD VGG', BlockPattern(r'features\.(?P<b>\d+)\.')),
 )
 
 
@@ -161,17 +237,48 @@ def _owner(name: str) -> str:
 
 def _claim_roots(names: Sequence[str],
                  rules: Sequence[ArchitectureRule]) -> Dict[str, ArchitectureRule]:
-    """Map each claimed root prefix to its rule; nested roots are not claimed twice."""
-    claimed: Dict[str, ArchitectureRule] = {}
-    for rule in rules:
+    """Map each claimed root prefix to its rule; nested roots are not claimed twice.
+
+    Shallow roots are claimed first (``backbone.`` before ``backbone.layers.0.ffn.``, where
+    an FFN's ``layers.0.0`` would look like a stage); among roots of equal depth the rule
+    listed first wins.
+    """
+    candidates = set()
+    for priority, rule in enumerate(rules):
         for name in names:
             root = rule.find_root(name)
-            if root is None or root in claimed:
-                continue
-            if any(root.startswith(other) or other.startswith(root) for other in claimed):
-                continue  # inside (or around) a root another rule already explains
-            claimed[root] = rule
+            if root is not None:
+                candidates.add((root.count('.'), priority, root))
+    claimed: Dict[str, ArchitectureRule] = {}
+    for _, priority, root in sorted(candidates):
+        if root in claimed:
+            continue
+        if any(root.startswith(other) or other.startswith(root) for other in claimed):
+            continue  # inside (or around) a root another rule already explains
+        claimed[root] = rules[priority]
     return claimed
+
+
+def rules_by_module(names: Sequence[str], rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
+                    get_layer_index: Optional[GetLayerIndex] = None) -> Dict[str, str]:
+    """The rule that indexes each top-level module (``'backbone'`` -> ``'ResNet'``):
+    ``'custom'`` (``get_layer_index``), a rule name, or ``'generic'`` (no rule claims any of
+    its tensors: one level per module)."""
+    custom = {n for n in names if get_layer_index is not None
+              and get_layer_index(n) is not None}
+    roots = _claim_roots([n for n in names if n not in custom], rules)
+    out: Dict[str, str] = {}
+    for name in names:
+        top = name.split('.', 1)[0]
+        if name in custom:
+            out[top] = 'custom'
+            continue
+        root = next((r for r in roots if name.startswith(r)), None)
+        if root is not None:
+            out[top] = roots[root].name if out.get(top, 'generic') == 'generic' else out[top]
+        else:
+            out.setdefault(top, 'generic')
+    return out
 
 
 def assign_blocks(names: Sequence[str],
@@ -240,9 +347,9 @@ def assign_blocks(names: Sequence[str],
         elif not first_block_seen[root]:
             block_of.append(root + 'stem')
             key_of.append(_STEM_KEY)
-        else:  # after the blocks: a block of its own per owning module, in order
-            owner = _owner(relative)
-            block_of.append(root + (owner or relative))
+        else:  # after the blocks: a block of its own per top module (conv + norm), in order
+            top = relative.split('.', 1)[0]
+            block_of.append(root + top)
             key_of.append((_LAST, _LAST, position))
 
     region_position: Dict[str, int] = {}
