@@ -140,22 +140,33 @@ def e2e_config(tmp_path: Path):
     return make
 
 
+#: checkpoint globals outside torch's defaults, per checkpoint written by an end-to-end run
+#: (printed at the end of the session: the inventory behind dualopt_mm.compat.checkpoint)
+CHECKPOINT_GLOBALS: Dict[str, List[str]] = {}
+
+
 @pytest.fixture(scope='session')
 def checkpoint_inspector() -> Callable[..., dict]:
-    """``inspect(path, variant, expected_iter) -> checkpoint``.
+    """``inspect(path, variant, expected_iter, label=None) -> checkpoint``.
 
-    Loads an mmengine checkpoint with ``weights_only=True`` (after
-    :func:`~dualopt_mm.compat.enable_mmengine_checkpoint_loading`) and checks the iteration
-    count and which optimizer wrote it: DualOpt groups carry ``mode``/``k_max`` and finetune mode
-    stores each parameter's ``anchor`` (θ_0) in its state (docs/design.md).
+    Checks that every global of the checkpoint outside torch's defaults is one that
+    :mod:`dualopt_mm.compat.checkpoint` decodes, loads it with
+    :func:`~dualopt_mm.compat.load_mmengine_checkpoint` (``weights_only=True``) and checks the
+    iteration count and which optimizer wrote it: DualOpt groups carry ``mode``/``k_max`` and
+    finetune mode stores each parameter's ``anchor`` (θ_0) in its state.
     """
     import torch
 
-    def inspect(path: str, variant: str, expected_iter: int) -> dict:
-        from dualopt_mm.compat import enable_mmengine_checkpoint_loading
+    def inspect(path: str, variant: str, expected_iter: int, label: str = None) -> dict:
+        from dualopt_mm.compat import load_mmengine_checkpoint
+        from dualopt_mm.compat.checkpoint import decoder_globals
 
-        enable_mmengine_checkpoint_loading()
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        CHECKPOINT_GLOBALS[label or os.path.relpath(path, os.path.dirname(
+            os.path.dirname(os.path.dirname(path))))] = found
+        decoded = {name for _, name in decoder_globals()}
+        assert set(found) <= decoded, f'globals outside the decoders: {set(found) - decoded}'
+        checkpoint = load_mmengine_checkpoint(path, map_location='cpu')
         assert checkpoint['meta']['iter'] == expected_iter
         assert {'state_dict', 'optimizer', 'message_hub'} <= set(checkpoint)
         groups = checkpoint['optimizer']['param_groups']
@@ -182,6 +193,10 @@ def record_iteration_times() -> Callable[[str, List[float]], None]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    if CHECKPOINT_GLOBALS:
+        terminalreporter.section('globals in the checkpoints of end-to-end runs (beyond torch)')
+        for label, names in sorted(CHECKPOINT_GLOBALS.items()):
+            terminalreporter.write_line(f'{label}: {", ".join(names) or "-"}')
     if not _TIMINGS:
         return
     rows = {}

@@ -141,6 +141,31 @@ def test_mim_train_our_package_by_config_name(mim_available, require_upstream,
     _assert_trained(work_dir, 'epoch_1.pth')
 
 
+def test_mim_train_upstream_script_resumes(mim_available, require_upstream, tiny_classification,
+                                           tmp_path):
+    """MMPretrain's own tools/train.py (``mim train mmpretrain``), our config importing
+    dualopt_mm by ``custom_imports``: ``--resume`` reads the checkpoint under torch's
+    ``weights_only=True`` through mmengine's loader, with nothing added to torch's safe list."""
+    require_upstream('mmpretrain')
+    config = osp.join(REPO_ROOT, 'configs', 'smoke', SMOKE_CONFIG)
+    work_dir = tmp_path / 'work_dir'
+    options = [
+        f'train_dataloader.dataset.data_root={tiny_classification.root}',
+        f'val_dataloader.dataset.data_root={tiny_classification.root}',
+        *_loader_options('train_dataloader', 2),
+        *_loader_options('val_dataloader', 2),
+        'train_cfg.val_begin=3', 'default_hooks.logger.interval=1',
+    ]
+    for epochs, extra in ((1, []), (2, ['--resume'])):
+        result = run_tool(['python', '-m', 'mim', 'train', 'mmpretrain', config, '--gpus', '0',
+                           '--work-dir', str(work_dir), *extra, '--cfg-options', *options,
+                           f'train_cfg.max_epochs={epochs}'], cwd=str(tmp_path), timeout=600)
+    output = result.stdout + result.stderr
+    assert 'resumed epoch: 1' in output, output[-3000:]
+    assert osp.join('mmpretrain', '.mim', 'tools', 'train.py') in output, 'upstream train.py ran'
+    assert (work_dir / 'epoch_2.pth').is_file()
+
+
 def _source_copy(destination: Path) -> Path:
     """The checkout without .venv / .git / build outputs (symlinks kept)."""
     excluded = ('.venv', '.git', 'work_dirs', 'build', 'dist', '__pycache__', '.pytest_cache',

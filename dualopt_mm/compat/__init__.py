@@ -1,21 +1,23 @@
 """Compatibility fixes for the OpenMMLab 2.x stack on current PyTorch and CPU-only machines.
 
 * :func:`enable_mmengine_checkpoint_loading`: mmengine 0.10.x checkpoints (resume, ``load_from``,
-  test) load under torch >= 2.6's ``weights_only=True`` default, without turning it off.
+  test) load through mmengine's loader under torch >= 2.6's ``weights_only=True`` default,
+  through validating decoders (torch's safe list is not changed);
+  :func:`load_mmengine_checkpoint` does the same for a direct load.
 * :func:`patch_mmengine_for_cpu_ddp`: ``torchrun ... --launcher pytorch`` works without CUDA
   (gloo backend, no ``device_ids``, SyncBN reverted to BN).
 
 ``tools/train.py`` and ``tools/test.py`` apply both; :func:`apply_all` does the same for other
 entry points.
 """
-from .checkpoint import enable_mmengine_checkpoint_loading, mmengine_safe_globals
+from .checkpoint import enable_mmengine_checkpoint_loading, load_mmengine_checkpoint
 from .cpu_ddp import is_cpu_ddp_patched, patch_mmengine_for_cpu_ddp
 
 __all__ = [
     'apply_all',
     'enable_mmengine_checkpoint_loading',
     'is_cpu_ddp_patched',
-    'mmengine_safe_globals',
+    'load_mmengine_checkpoint',
     'patch_mmengine_for_cpu_ddp',
 ]
 

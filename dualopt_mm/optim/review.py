@@ -393,6 +393,15 @@ class DualOptOptimizer(Optimizer):
         """
         current = [dict(group) for group in self.param_groups]
         saved_groups = state_dict.get('param_groups', [])
+        if len(saved_groups) != len(current):
+            raise ValueError(
+                f'the loaded optimizer state has {len(saved_groups)} param groups, this '
+                f'optimizer {len(current)}: it was written for another model or grouping '
+                f'(mmengine makes one group per tensor whenever paramwise_cfg is set, as '
+                f'DualOptOptimWrapperConstructor does, and a single group otherwise). To '
+                f'switch a running experiment to DualOpt, give the old config the same '
+                f'paramwise_cfg before its last checkpoint, or start the DualOpt run from the '
+                f'weights with load_from=<checkpoint> instead of resume')
         differing = []
         for gi, (now, saved) in enumerate(zip(current, saved_groups)):
             for key in REVIEW_DEFAULTS:

@@ -13,13 +13,13 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
-import dualopt_mm.compat.checkpoint as checkpoint_module
 from dualopt_mm.compat import (
     enable_mmengine_checkpoint_loading,
     is_cpu_ddp_patched,
-    mmengine_safe_globals,
+    load_mmengine_checkpoint,
     patch_mmengine_for_cpu_ddp,
 )
+from dualopt_mm.compat.checkpoint import decoder_globals, is_installed
 
 
 class _Regressor(BaseModel):
@@ -72,62 +72,41 @@ def mmengine_checkpoint(tmp_path_factory) -> str:
     return os.path.join(work_dir, 'epoch_1.pth')
 
 
-@pytest.fixture
-def clean_safe_globals(monkeypatch):
-    """No user safe globals and compat not yet enabled; restores both afterwards."""
-    saved = torch.serialization.get_safe_globals()
-    torch.serialization.clear_safe_globals()
-    monkeypatch.setattr(checkpoint_module, '_ENABLED', False)
-    yield
-    torch.serialization.clear_safe_globals()
-    torch.serialization.add_safe_globals(saved)
-
-
-def test_checkpoint_needs_the_fix(mmengine_checkpoint, clean_safe_globals):
-    """Without the fix torch >= 2.6 refuses mmengine's checkpoint (the reason for the module)."""
+def test_plain_torch_load_still_refuses(mmengine_checkpoint):
+    """torch.load(weights_only=True) is untouched by the package: it refuses mmengine's
+    HistoryBuffer as it does without dualopt_mm (the reason for the decoders)."""
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
         torch.load(mmengine_checkpoint, weights_only=True)
 
 
-def test_checkpoint_loads_weights_only(mmengine_checkpoint, clean_safe_globals):
-    assert enable_mmengine_checkpoint_loading() is True
-    assert enable_mmengine_checkpoint_loading() is True  # idempotent
-    checkpoint = torch.load(mmengine_checkpoint, weights_only=True)
+def test_checkpoint_globals_are_the_decoded_ones(mmengine_checkpoint):
+    found = set(torch.serialization.get_unsafe_globals_in_checkpoint(mmengine_checkpoint))
+    assert found <= {name for _, name in decoder_globals()}
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in found
+
+
+def test_checkpoint_loads_weights_only(mmengine_checkpoint):
+    before = set(torch.serialization.get_safe_globals())
+    checkpoint = load_mmengine_checkpoint(mmengine_checkpoint)
+    assert set(torch.serialization.get_safe_globals()) == before
     buffer = checkpoint['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer)
     assert len(buffer.data[0]) == 4
     assert buffer.mean() == pytest.approx(float(buffer.data[0].mean()))
     assert checkpoint['meta']['iter'] == 4
+    # the decoded buffer is a working HistoryBuffer with real numpy arrays
+    buffer.update(1.0)
+    assert len(buffer.data[0]) == 5
 
 
-def test_context_manager_variant(mmengine_checkpoint, clean_safe_globals):
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        torch.load(mmengine_checkpoint, weights_only=True)
-    assert torch.serialization.get_safe_globals() == []
-
-
-class _Crafted:
-    """Pickles as ``getattr(HistoryBuffer, '__init__')``: outside what checkpoints need."""
-
-    def __reduce__(self):
-        return getattr, (HistoryBuffer, '__init__')
-
-
-def test_getattr_is_restricted(tmp_path, clean_safe_globals):
-    enable_mmengine_checkpoint_loading()
-    path = tmp_path / 'crafted.pth'
-    torch.save({'x': _Crafted()}, path)
-    with pytest.raises(pickle.UnpicklingError, match="getattr.*'__init__'"):
-        torch.load(path, weights_only=True)
-    with pytest.raises(pickle.UnpicklingError):
-        checkpoint_module.restricted_getattr(getattr, '__self__')
-    assert checkpoint_module.restricted_getattr(HistoryBuffer, 'mean') is HistoryBuffer.mean
+def test_mmengine_loader_is_installed_by_import():
+    assert enable_mmengine_checkpoint_loading() is True  # idempotent
+    assert is_installed()
 
 
 def test_runner_resumes_under_weights_only(mmengine_checkpoint, tmp_path):
     """mmengine's own resume path (torch.load without weights_only) works after the fix."""
     assert os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD') is None
-    enable_mmengine_checkpoint_loading()
     work_dir = os.path.dirname(mmengine_checkpoint)
     runner = _runner(work_dir, max_epochs=2, resume=True)
     runner.train()

@@ -73,7 +73,8 @@ def ddp_run(request, tmp_path_factory, require_upstream, require_variant, classi
 
 def test_ddp_run_finishes(ddp_run: DDPRun, checkpoint_inspector):
     assert os.path.isfile(ddp_run.checkpoint)
-    checkpoint = checkpoint_inspector(ddp_run.checkpoint, ddp_run.variant, expected_iter=2)
+    checkpoint = checkpoint_inspector(ddp_run.checkpoint, ddp_run.variant, expected_iter=2,
+                                      label=f'DDP 2 ranks ({ddp_run.variant})')
     assert checkpoint['meta']['epoch'] == 1
     if not torch.cuda.is_available():
         assert 'using the "gloo" backend' in ddp_run.output
@@ -94,11 +95,10 @@ def test_ranks_hold_identical_state(ddp_run: DDPRun):
 
 def test_checkpoint_matches_rank0(ddp_run: DDPRun):
     """The checkpoint (saved by rank 0) holds the weights every rank ended with."""
-    from dualopt_mm.compat import enable_mmengine_checkpoint_loading
+    from dualopt_mm.compat import load_mmengine_checkpoint
     from dualopt_mm.testing.hooks import tensor_digest
 
-    enable_mmengine_checkpoint_loading()
-    state = torch.load(ddp_run.checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    state = load_mmengine_checkpoint(ddp_run.checkpoint, map_location='cpu')['state_dict']
     params = ddp_run.digests[0]['params']
     assert {name: tensor_digest(state[name]) for name in params} == params
 

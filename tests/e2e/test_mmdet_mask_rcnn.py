@@ -32,7 +32,8 @@ def test_mask_rcnn_train_resume_test(variant, require_upstream, require_variant,
     for record in result.val_records:
         finite_metrics(record, METRICS)
     finite_metrics(result.test_metrics, METRICS)
-    checkpoint_inspector(result.final_checkpoint, variant, expected_iter=4)
+    checkpoint_inspector(result.final_checkpoint, variant, expected_iter=4,
+                         label=f'{__name__.split(".")[-1]} ({variant})')
     # --show-dir: DetVisualizationHook(draw=True, test_out_dir=...) drew every test image.
     drawn = [f for _, _, files in os.walk(show_dir) for f in files if f.endswith('.jpg')]
     assert len(drawn) == coco_data.num_images['val']

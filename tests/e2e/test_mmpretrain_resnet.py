@@ -27,7 +27,11 @@ def test_resnet_train_resume_test(variant, require_upstream, require_variant,
     require_upstream('mmpretrain')
     require_variant('stock' if variant == 'stock' else 'dualopt')
     optimizer = ADAMW if variant == 'dualopt_adamw' else variant
-    cfg, config_path = e2e_config('resnet', classification_data, 1, optimizer=optimizer)
+    # the AdamW run also keeps an EMA of the weights (its own checkpoint key, resumed too)
+    extra = dict(custom_hooks=[dict(type='EMAHook', momentum=0.01)]) \
+        if variant == 'dualopt_adamw' else {}
+    cfg, config_path = e2e_config('resnet', classification_data, 1, optimizer=optimizer,
+                                  **extra)
     show_dir = os.path.join(cfg.work_dir, 'show')
     # mmpretrain's VisualizationHook is switched by `enable` and writes to `out_dir`.
     show_args = ['--show-dir', show_dir, '--cfg-options', 'default_hooks.visualization.interval=1']
@@ -39,8 +43,11 @@ def test_resnet_train_resume_test(variant, require_upstream, require_variant,
     assert len(result.val_records) == 2, 'one validation per run'
     for record in result.val_records:
         finite_metrics(record, METRICS)
-    checkpoint_inspector(result.final_checkpoint, 'stock' if variant == 'stock' else 'dualopt',
-                         expected_iter=12)
+    checkpoint = checkpoint_inspector(
+        result.final_checkpoint, 'stock' if variant == 'stock' else 'dualopt', expected_iter=12,
+        label=f'mmpretrain resnet18 ({variant}{", EMA" if extra else ""})')
+    if extra:
+        assert 'ema_state_dict' in checkpoint
     record_iteration_times(f'resnet18 56x56 b4 ({variant})', result.iteration_times)
     if variant == 'dualopt_adamw':
         return

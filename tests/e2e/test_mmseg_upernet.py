@@ -35,7 +35,8 @@ def test_upernet_train_resume_test(variant, require_upstream, require_variant, a
     for record in result.val_records:
         finite_metrics(record, METRICS)
     finite_metrics(result.test_metrics, METRICS)
-    checkpoint_inspector(result.final_checkpoint, variant, expected_iter=4)
+    checkpoint_inspector(result.final_checkpoint, variant, expected_iter=4,
+                         label=f'{__name__.split(".")[-1]} ({variant})')
     # --show-dir: SegVisualizationHook(draw=True) saves through the visualizer's save_dir.
     drawn = [f for _, _, files in os.walk(show_dir) for f in files if f.endswith('.png')]
     assert len(drawn) == ade20k_data.num_images['val']
