@@ -153,6 +153,11 @@ def shrunk_config(stem: str, variant: str, data, work_dir: str, iters: int = 2) 
         cfg[name] = None
     for hook in cfg.get('custom_hooks', []):
         hook.interval = 1
+    if variant == 'dualopt' and PAIRS[stem][5] == 'finetune':
+        # the shipped config names pretrained weights (init_cfg), which the shrink removes
+        # (offline): say fine-tuning explicitly, or the constructor would choose scratch mode
+        paramwise_cfg = cfg.optim_wrapper.setdefault('paramwise_cfg', ConfigDict())
+        paramwise_cfg.setdefault('dualopt', ConfigDict())['mode'] = 'finetune'
     # visualizers are process-wide instances by name: a second run would write to the first
     cfg.visualizer.name = f'visualizer_{stem}_{variant}_{work_dir}'
     return cfg
