@@ -288,29 +288,57 @@ def pretrained_candidates(model: nn.Module, names: Sequence[str],
     if rule == 'all':
         return list(names)
     if rule == 'auto':
-        prefixes = (pretrained_init_prefixes(model) + preinitialised_prefixes(model)
-                    or ['backbone.'])
+        prefixes = [clean_name(p) for p in
+                    pretrained_init_prefixes(model) + preinitialised_prefixes(model)]
+        prefixes = prefixes or ['backbone.']
         chosen = [n for n in names if any(n.startswith(p) for p in prefixes)]
         return chosen if chosen else list(names)
     prefixes = ['backbone.'] if rule == 'backbone' else list(rule)
     return [n for n in names if any(n.startswith(p) for p in prefixes)]
 
 
-def check_not_fsdp(model: nn.Module) -> None:
-    """Refuse a model sharded by FSDP (README, FAQ "FSDP"): its parameters are flat shards
-    whose names, shapes and layer units the constructor cannot map back to the model's."""
+#: Name components FSDP (and activation checkpointing) insert into parameter names.
+WRAPPER_NAME_PARTS = ('_fsdp_wrapped_module.', '_checkpoint_wrapped_module.')
+
+
+def clean_name(name: str) -> str:
+    """``name`` without the components FSDP wrappers insert (the model's own name)."""
+    for part in WRAPPER_NAME_PARTS:
+        name = name.replace(part, '')
+    return name
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """Whether ``model`` contains a ``FullyShardedDataParallel`` unit."""
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel
     except ImportError:  # pragma: no cover - torch without distributed
-        return
-    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        return False
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+
+
+def check_fsdp(model: nn.Module, mode: str, skip_1d: Optional[bool]) -> None:
+    """Refuse the FSDP setups DualOpt cannot run (README, FAQ "FSDP").
+
+    Supported: ``use_orig_params=True`` (the optimizer sees each tensor's local shard under its
+    own name), with ``skip_1d`` False (the default in finetune mode): shards are flat, so a
+    tensor's original rank, which ``skip_1d`` reads, is not visible to the optimizer.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if any('flat_param' in n for n in names):
         raise NotImplementedError(
-            'DualOptOptimWrapperConstructor does not support FSDP (FlexibleRunner with '
-            'FSDPStrategy / DeepSpeedStrategy): the optimizer would see flat shards, not the '
-            "model's tensors, so the pretrained split, the block index and theta_0 cannot be "
-            'placed. Shard the optimizer state instead with ZeRO-1: '
-            "optim_wrapper=dict(optimizer=dict(type='DualOptZeroRedundancyOptimizer', "
-            "optimizer_type='DualOptAdamW', ...)) under DDP (README, FAQ 'Large backbones')")
+            'DualOpt under FSDP needs use_orig_params=True (model_wrapper=dict(type='
+            "'MMFullyShardedDataParallel', use_orig_params=True)): with flat parameters the "
+            "optimizer cannot tell the model's tensors apart (names, pretrained split, block "
+            'index). Or shard only the optimizer state with ZeRO-1 (README, FAQ "Large '
+            'backbones")')
+    skips = mode == 'scratch' if skip_1d is None else skip_1d
+    if skips and mode != 'none':
+        raise NotImplementedError(
+            f"DualOpt under FSDP: mode={mode!r} with skip_1d={skip_1d!r} exempts 1-d tensors "
+            'by their rank, but FSDP hands the optimizer flat 1-d shards of every tensor. Set '
+            'paramwise_cfg=dict(dualopt=dict(skip_1d=False)) (and custom_keys '
+            "dict(mode='none') for the norms and biases to exempt), or use DDP / ZeRO-1")
 
 
 def _is_zero(optimizer_cls: type) -> bool:
@@ -507,7 +535,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def annotate(self, params: List[dict], model: nn.Module) -> None:
         """Write the DualOpt keys into the groups that ``add_params`` made (in place)."""
-        name_of = {id(p): n for n, p in model.named_parameters()}  # first name of a shared one
+        # first name of a shared tensor; FSDP's wrapper components removed
+        name_of = {id(p): clean_name(n) for n, p in model.named_parameters()}
         names = []
         for group in params:
             if len(group['params']) != 1:
@@ -558,7 +587,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def _check_prefixes(prefixes: Sequence[str], names: Sequence[str], model: nn.Module) -> None:
         """Refuse a ``pretrained`` prefix that matches no trainable tensor, naming the close
         module names."""
-        modules = [f'{n}.' for n, _ in model.named_modules() if n]
+        modules = [f'{clean_name(n + ".")}' for n, _ in model.named_modules() if n]
         for prefix in prefixes:
             if not any(name.startswith(prefix) for name in names):
                 raise ValueError(
@@ -593,7 +622,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     'k_max, or exempt it with custom_keys mode=\'none\'')
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
-        check_not_fsdp(model)
+        fsdp = is_fsdp(model)
         if hasattr(model, 'module'):
             model = model.module
         optim_wrapper_cfg = self.optim_wrapper_cfg.copy()
@@ -605,6 +634,10 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             optimizer_cfg['optimizer_type'] = self.zero_optimizer_type
         self.auto_scratch = False
         sources = self._decide_mode(model)
+        if fsdp:
+            skip_1d = self.options.skip_1d if self.options.skip_1d is not None else \
+                self.optimizer_cfg.get('skip_1d')
+            check_fsdp(model, self.mode, skip_1d)
 
         extra = self.options.optimizer_kwargs()
         if self.auto_scratch and not any(k in extra or k in optimizer_cfg

@@ -190,13 +190,3 @@ def test_custom_keys_may_carry_optimizer_kwargs_and_far_keys():
         paramwise_cfg=dict(custom_keys={'head': dict(momentum=0.5, note='kept')}))).optimizer
     head = next(g for g in optimizer.param_groups if g['param_name'] == 'head.weight')
     assert head['momentum'] == 0.5 and head['note'] == 'kept'
-
-
-def test_fsdp_model_is_refused():
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    model = ToyDetector()
-    model.head = FullyShardedDataParallel.__new__(FullyShardedDataParallel)  # not initialised
-    torch.nn.Module.__init__(model.head)
-    with pytest.raises(NotImplementedError, match='does not support FSDP.*ZeRO-1'):
-        build_optim_wrapper(model, dict(constructor='DualOptOptimWrapperConstructor',
-                                        optimizer=dict(type='SGD', lr=0.1)))
