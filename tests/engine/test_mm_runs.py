@@ -1,14 +1,11 @@
 """Real OpenMMLab runs of the shipped DualOpt configs (shrunk, generated data, CPU):
 θ_0 is the checkpoint's weights (``load_from`` and ``init_cfg=Pretrained``), and a run stopped
 at iteration 2 and resumed ends at iteration 4 exactly like an uninterrupted one."""
-import random
 
-import numpy as np
 import pytest
 import torch
 from mmengine.config import ConfigDict
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS, DefaultScope
+from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 import dualopt_mm.engine  # noqa: F401
@@ -19,23 +16,6 @@ pytest.importorskip('mmseg')
 pytest.importorskip('mmpretrain')
 
 from engine_configs import shrunk_config  # noqa: E402
-
-
-@HOOKS.register_module(name='EngineTestReseedHook', force=True)
-class EngineTestReseedHook(Hook):
-    """Seed torch / numpy / random from the iteration index before each iteration.
-
-    mmengine restores no RNG state on resume; this makes the model's random choices (RPN /
-    RoI samplers) a function of the iteration alone, so an interrupted run can match.
-    """
-
-    priority = 'VERY_HIGH'
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
-        seed = 1000 + runner.iter
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
 
 
 def deterministic_pipeline(cfg: ConfigDict) -> None:
@@ -70,7 +50,7 @@ def run(cfg: ConfigDict, work_dir: str, max_iters: int, **kwargs) -> Runner:
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=2, by_epoch=False)
     cfg.log_processor = dict(by_epoch=False, window_size=1)
     cfg.randomness = dict(seed=0, deterministic=True)
-    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='EngineTestReseedHook')]
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='IterationSeedHook')]
     cfg.visualizer.name = f'visualizer_{work_dir}'
     cfg.update(kwargs)
     enable_mmengine_checkpoint_loading()

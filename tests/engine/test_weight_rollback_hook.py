@@ -332,3 +332,49 @@ def test_hook_argument_errors(kwargs, message):
     from dualopt_mm.engine import WeightRollbackHook
     with pytest.raises(ValueError, match=message):
         WeightRollbackHook(**kwargs)
+
+
+# ------------------------------------------------------- a stock run switched by resume
+def _stock_run_then_dualopt_resume(tmp_path, with_init_cfg: bool):
+    state = pretrained_state(prefix='backbone.')
+    path = write_checkpoint(tmp_path / 'backbone.pth', state)
+    init_cfg = dict(type='Pretrained', checkpoint=path) if with_init_cfg else None
+    work = str(tmp_path / 'work')
+    # a stock AdamW config with paramwise_cfg: one param group per tensor, like ours
+    stock = make_toy_runner(work, model=toy_model(backbone_init_cfg=init_cfg), constructor=None,
+                            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+                            paramwise_cfg=dict(norm_decay_mult=0.0), hooks=[], max_iters=2)
+    stock.train()
+    mid_training = model_state(stock)
+    switched = make_toy_runner(work, model=toy_model(backbone_init_cfg=init_cfg),
+                               optimizer=dict(type='DualOptAdamW', lr=1e-3),
+                               load_from=osp.join(work, 'iter_2.pth'), resume=True, max_iters=3)
+    return state, mid_training, switched
+
+
+def test_resume_from_stock_optimizer_takes_theta0_from_pretrained(tmp_path):
+    state, mid_training, runner = _stock_run_then_dualopt_resume(tmp_path, with_init_cfg=True)
+    runner.train()
+    anchors, groups = anchors_by_name(runner), groups_by_name(runner)
+    for name in BACKBONE_NAMES:
+        assert torch.equal(anchors[name], state[name[len('backbone.'):]]), name
+        assert not torch.equal(anchors[name], mid_training[name]), name
+    # the constructor's split survives the load of torch AdamW's groups: heads not reviewed
+    assert [groups[n]['mode'] for n in HEAD_NAMES] == ['none'] * len(HEAD_NAMES)
+    assert all(anchors[n] is None for n in HEAD_NAMES)
+
+
+def test_resume_from_a_single_group_checkpoint_says_what_to_do(tmp_path):
+    work = str(tmp_path / 'work')
+    make_toy_runner(work, constructor=None, optimizer=dict(type='SGD', lr=0.1), hooks=[],
+                    max_iters=2).train()
+    runner = make_toy_runner(work, optimizer=dict(type='DualOptSGD', lr=0.1),
+                             load_from=osp.join(work, 'iter_2.pth'), resume=True, max_iters=3)
+    with pytest.raises(ValueError, match=r'1 param groups, this optimizer 19.*load_from'):
+        runner.train()
+
+
+def test_resume_from_stock_optimizer_without_pretrained_source_stops(tmp_path):
+    _, _, runner = _stock_run_then_dualopt_resume(tmp_path, with_init_cfg=False)
+    with pytest.raises(RuntimeError, match=r'no theta_0 .* no pretrained checkpoint'):
+        runner.train()

@@ -326,6 +326,8 @@ class WeightRollbackHook(Hook):
                     f'WeightRollbackHook(review=True) with {type(optimizer).__name__}, which '
                     'applies the review step itself: the rollback would run twice; use '
                     'review=False (drift logging only)')
+            if dualopt and self._resumed:
+                self._anchor_foreign_resume(optimizer, model, names)
             if _is_annotated(optimizer):
                 if not self._resumed and self.refine_pretrained:
                     self._refine(optimizer, names, filled)
@@ -380,14 +382,16 @@ class WeightRollbackHook(Hook):
             filled |= self._filled_by_init_cfg(module, prefix)
         return filled if configured else None
 
-    def _filled_by_init_cfg(self, module: nn.Module, prefix: str) -> Set[str]:
+    @staticmethod
+    def _init_cfg_checkpoints(module: nn.Module) -> List[dict]:
         init_cfgs = module.init_cfg if isinstance(module.init_cfg, (list, tuple)) else [
             module.init_cfg]
+        return [cfg for cfg in init_cfgs if is_pretrained_init(cfg)]
+
+    def _filled_by_init_cfg(self, module: nn.Module, prefix: str) -> Set[str]:
         names = {n: tuple(p.shape) for n, p in module.named_parameters()}
         filled: Set[str] = set()
-        for cfg in init_cfgs:
-            if not is_pretrained_init(cfg):
-                continue
+        for cfg in self._init_cfg_checkpoints(module):
             try:
                 checkpoint = CheckpointLoader.load_checkpoint(
                     cfg['checkpoint'], map_location='cpu', logger='current')
@@ -410,6 +414,87 @@ class WeightRollbackHook(Hook):
                 matched = set(names)
             filled |= {prefix + n for n in matched}
         return filled
+
+    def _pretrained_weights(self, model: nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+        """The tensors the config's ``init_cfg=Pretrained`` checkpoints hold, by model name
+        (matched by name and shape), and the checkpoint paths read."""
+        params = dict(model.named_parameters())
+        weights: Dict[str, torch.Tensor] = {}
+        sources: List[str] = []
+        for prefix in pretrained_init_prefixes(model):
+            module = model.get_submodule(prefix.rstrip('.')) if prefix else model
+            for cfg in self._init_cfg_checkpoints(module):
+                checkpoint = CheckpointLoader.load_checkpoint(
+                    cfg['checkpoint'], map_location='cpu', logger='current')
+                sources.append(str(cfg['checkpoint']))
+                state = _state_dict_of(checkpoint)
+                ckpt_prefix = cfg.get('prefix') or ''
+                if ckpt_prefix and not ckpt_prefix.endswith('.'):
+                    ckpt_prefix += '.'
+                for key, value in state.items():
+                    if not isinstance(value, torch.Tensor):
+                        continue
+                    key = key[len('module.'):] if key.startswith('module.') else key
+                    if not key.startswith(ckpt_prefix):
+                        continue
+                    name = prefix + key[len(ckpt_prefix):]
+                    if name in params and tuple(params[name].shape) == tuple(value.shape):
+                        weights[name] = value
+        return weights, sources
+
+    def _anchor_foreign_resume(self, optimizer: torch.optim.Optimizer, model: nn.Module,
+                               names: Dict[int, str]) -> None:
+        """On resume from the optimizer state of another optimizer (a stock AdamW run switched
+        to DualOpt): θ_0 from the config's pretrained checkpoint, never the resumed weights.
+
+        The resumed state has base-optimizer moments but no ``anchor`` for the reviewed
+        fine-tuned tensors. Their θ_0 is read from ``init_cfg=Pretrained`` (``load_from`` is
+        the resumed file itself); the reviewed set is refined to the tensors it holds. Without
+        such a checkpoint the run stops, saying how to proceed.
+        """
+        def unanchored() -> List[torch.Tensor]:
+            return [p for p, layer_id, _, _ in optimizer.review_levels()
+                    if layer_id is not None and optimizer.state.get(p)
+                    and 'anchor' not in optimizer.state[p]
+                    and self._group_of(optimizer, p)['mode'] == 'finetune']
+
+        missing = unanchored()
+        if not missing:
+            return
+        weights, sources = self._pretrained_weights(model)
+        if not weights:
+            raise RuntimeError(
+                f'the resumed optimizer state has no theta_0 for {len(missing)} fine-tuned '
+                f'tensors (e.g. {names.get(id(missing[0]), "?")}): it was written by another '
+                f'optimizer (a stock run switched to DualOpt by resume?), and the config names '
+                f'no pretrained checkpoint (init_cfg=dict(type=\'Pretrained\', ...)) to take '
+                f'theta_0 from; anchoring to the resumed weights would roll back toward a '
+                f'mid-training state. Add the pretrained checkpoint to the model\'s init_cfg, '
+                f'or start a fresh DualOpt run with load_from=<pretrained checkpoint>.')
+        if _is_annotated(optimizer) and self.refine_pretrained:
+            self._refine(optimizer, names, set(weights))
+        missing = unanchored()
+        without = [names.get(id(p), '?') for p in missing if names.get(id(p)) not in weights]
+        if without:
+            raise RuntimeError(
+                f'the resumed optimizer state has no theta_0 and the pretrained checkpoints '
+                f'{sources} hold no tensor for {len(without)} fine-tuned parameters '
+                f'({", ".join(without[:5])}): set their mode to \'none\' (paramwise_cfg '
+                f'custom_keys) or start a fresh DualOpt run with load_from=<pretrained>')
+        for p in missing:
+            group = self._group_of(optimizer, p)
+            dtype = getattr(torch, group['anchor_dtype']) if group.get('anchor_dtype') \
+                else p.dtype
+            optimizer.state[p]['anchor'] = weights[names[id(p)]].to(p.device, dtype).clone()
+        print_log(
+            f'WeightRollbackHook: the resumed optimizer state had no theta_0 (written by '
+            f'another optimizer): theta_0 of {len(missing)} tensors taken from '
+            f'{", ".join(sources)}, not from the resumed weights', logger='current',
+            level=logging.WARNING)
+
+    @staticmethod
+    def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+        return next(g for g in optimizer.param_groups if any(p is param for p in g['params']))
 
     def _refine(self, optimizer: torch.optim.Optimizer, names: Dict[int, str],
                 filled: Optional[Set[str]]) -> None:
