@@ -22,7 +22,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from ..optim.levels import (
+from ..optim.hyperparams import (
     anchor_dtype_name,
     check_k_unit,
     check_level_range,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Dict, List, Optional
 
+from ..optim.hyperparams import REVIEW_DEFAULTS
 from ..optim.levels import layer_level, skips_1d
-from ..optim.review import REVIEW_DEFAULTS
 
 __all__ = ['REVIEW_DEFAULTS', 'format_table', 'group_level', 'level_rows', 'review_setting',
            'skips_tensor']

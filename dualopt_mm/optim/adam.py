@@ -6,17 +6,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .review import (
-    REVIEW_DEFAULTS,
-    DualOptOptimizer,
-    ReviewBatch,
-    _ParamsT,
-    bucket_chunks,
-    check_lr,
-    check_unsupported_flags,
-    review_multi_tensor,
-    review_tensor_,
-)
+from .base import DualOptOptimizer, ReviewBatch, _ParamsT, check_lr, check_unsupported_flags
+from .foreach import bucket_chunks
+from .hyperparams import review_kwargs
+from .review import review_multi_tensor, review_tensor_
 
 __all__ = ['DualOptAdam', 'DualOptAdamW']
 
@@ -41,34 +34,11 @@ class _AdamBatch(ReviewBatch):
 class DualOptAdam(DualOptOptimizer):
     r"""Adam (or AdamW) with the DualOpt / OLOR review step.
 
-    .. math::
-       \begin{aligned}
-         &\textbf{input}: \eta_t \text{ (lr)}, \beta_1, \beta_2 \text{ (betas)},
-            \epsilon \text{ (eps)}, w \text{ (weight\_decay)}, \textit{amsgrad},
-            \textit{maximize}, \textit{decoupled\_weight\_decay}, \\
-         &\hspace{13mm} k_i \text{ (k\_max, k\_min, gamma, reverse, layer\_id, num\_layers)},
-            \eta_{base} \text{ (base\_lr)}, a \text{ (mode: } \theta_0 \text{ or } 0) \\
-         &\textbf{for } t = 1, 2, \ldots: \\
-         &\quad g_t \leftarrow \pm\nabla_\theta f_t(\theta_{t-1})
-            \quad (- \text{ if } \textit{maximize}) \\
-         &\quad \textbf{if } \textit{decoupled\_weight\_decay}:
-            \theta_{t-1} \leftarrow \theta_{t-1}(1 - \eta_t w)
-            \quad \textbf{else}: g_t \leftarrow g_t + w\,\theta_{t-1} \\
-         &\quad m_t \leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad
-                v_t \leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
-         &\quad \hat m_t \leftarrow m_t / (1 - \beta_1^t), \quad
-                \hat v_t \leftarrow \max(v_1..v_t) / (1 - \beta_2^t) \text{ if }
-                \textit{amsgrad} \text{ else } v_t / (1 - \beta_2^t) \\
-         &\quad \hat\theta \leftarrow \theta_{t-1} - \eta_t \hat m_t / (\sqrt{\hat v_t}
-                + \epsilon) \qquad \text{(torch.optim.Adam / AdamW, exactly)} \\
-         &\quad \lambda \leftarrow \eta_t k_i \text{ (k\_unit='absolute') or }
-                (\eta_t / \eta_{base}) k_i \text{ (k\_unit='base\_lr')} \\
-         &\quad \theta_t \leftarrow \hat\theta - \lambda (\hat\theta - a)
-                \qquad \text{(review step; none if mode='none')}
-       \end{aligned}
-
-    :math:`t` is the tensor's own step count (state ``'step'``), as in torch. The review weight,
-    levels and anchors are described in :mod:`dualopt_mm.optim.review`. With :math:`k = 0` (or
+    The learning step :math:`\theta \to \hat\theta` is ``torch.optim.Adam`` / ``AdamW``,
+    operation for operation (``u_t = \hat m_t / (\sqrt{\hat v_t} + \epsilon)``, AMSGrad,
+    ``maximize``, coupled or decoupled ``weight_decay``); the review step that follows, its
+    weight :math:`\lambda` and the levels :math:`k_i` are those of :mod:`dualopt_mm.optim`.
+    :math:`t` is the tensor's own step count (state ``'step'``), as in torch. With :math:`k = 0` (or
     ``mode='none'``) this is ``torch.optim.Adam`` / ``AdamW`` exactly, parameters and state.
 
     ``weight_decay`` keeps torch's meaning (coupled L2 for Adam, decoupled for AdamW) and acts
@@ -97,9 +67,10 @@ class DualOptAdam(DualOptOptimizer):
         maximize: maximize the objective (default False).
         capturable, differentiable, fused: accepted as ``False`` / ``None`` only.
         decoupled_weight_decay: AdamW's decoupled decay (default False; AdamW forces True).
-        mode, k_max, k_min, gamma, k_unit, reverse, skip_1d, layer_id, num_layers, base_lr,
-            anchor_dtype: the DualOpt hyper-parameters, see :class:`DualOptOptimizer`.
         reference: reproduce the authors' AdamB (see above; default False).
+        **review: the review hyper-parameters by name (``mode``, ``k_max``, ``k_min``,
+            ``gamma``, ``k_unit``, ``reverse``, ``skip_1d``, ``layer_id``, ``num_layers``,
+            ``base_lr``, ``anchor_dtype``): :mod:`dualopt_mm.optim.hyperparams`.
     """
 
     def __init__(
@@ -117,18 +88,8 @@ class DualOptAdam(DualOptOptimizer):
         differentiable: bool = False,
         fused: Optional[bool] = None,
         decoupled_weight_decay: bool = False,
-        mode: str = 'finetune',
-        k_max: float = 0.01,
-        k_min: float = 0.0,
-        gamma: float = 1.0,
-        k_unit: str = 'base_lr',
-        reverse: bool = False,
-        skip_1d: Optional[bool] = None,
-        layer_id: Optional[int] = None,
-        num_layers: Optional[int] = None,
-        base_lr: Optional[float] = None,
-        anchor_dtype: Any = None,
         reference: bool = False,
+        **review: Any,
     ) -> None:
         check_unsupported_flags(capturable=capturable, differentiable=differentiable,
                                 fused=fused)
@@ -141,12 +102,9 @@ class DualOptAdam(DualOptOptimizer):
             maximize=maximize,
             foreach=foreach,
             decoupled_weight_decay=decoupled_weight_decay,
-            **REVIEW_DEFAULTS,
+            reference=reference,
+            **review_kwargs(review, type(self).__name__),
         )
-        defaults.update(mode=mode, k_max=k_max, k_min=k_min, gamma=gamma, k_unit=k_unit,
-                        reverse=reverse, skip_1d=skip_1d, layer_id=layer_id,
-                        num_layers=num_layers, base_lr=base_lr, anchor_dtype=anchor_dtype,
-                        reference=reference)
         self._check_hyperparameters(defaults, '')
         super().__init__(params, defaults)
 
@@ -235,26 +193,13 @@ class DualOptAdamW(DualOptAdam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: Optional[bool] = None,
-        mode: str = 'finetune',
-        k_max: float = 0.01,
-        k_min: float = 0.0,
-        gamma: float = 1.0,
-        k_unit: str = 'base_lr',
-        reverse: bool = False,
-        skip_1d: Optional[bool] = None,
-        layer_id: Optional[int] = None,
-        num_layers: Optional[int] = None,
-        base_lr: Optional[float] = None,
-        anchor_dtype: Any = None,
         reference: bool = False,
+        **review: Any,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True, mode=mode, k_max=k_max, k_min=k_min, gamma=gamma,
-            k_unit=k_unit, reverse=reverse, skip_1d=skip_1d, layer_id=layer_id,
-            num_layers=num_layers, base_lr=base_lr, anchor_dtype=anchor_dtype,
-            reference=reference)
+            decoupled_weight_decay=True, reference=reference, **review)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -6,17 +6,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .review import (
-    REVIEW_DEFAULTS,
-    DualOptOptimizer,
-    ReviewBatch,
-    _ParamsT,
-    bucket_chunks,
-    check_lr,
-    check_unsupported_flags,
-    review_multi_tensor,
-    review_tensor_,
-)
+from .base import DualOptOptimizer, ReviewBatch, _ParamsT, check_lr, check_unsupported_flags
+from .foreach import bucket_chunks
+from .hyperparams import review_kwargs
+from .review import review_multi_tensor, review_tensor_
 
 __all__ = ['DualOptSGD']
 
@@ -33,26 +26,10 @@ class _SGDBatch(ReviewBatch):
 class DualOptSGD(DualOptOptimizer):
     r"""SGD (optionally with momentum) with the DualOpt / OLOR review step.
 
-    .. math::
-       \begin{aligned}
-         &\textbf{input}: \eta_t \text{ (lr)}, \mu \text{ (momentum)}, \tau \text{ (dampening)},
-            w \text{ (weight\_decay)}, \textit{nesterov}, \textit{maximize}, \\
-         &\hspace{13mm} k_i \text{ (k\_max, k\_min, gamma, reverse, layer\_id, num\_layers)},
-            \eta_{base} \text{ (base\_lr)}, a \text{ (mode: } \theta_0 \text{ or } 0) \\
-         &\textbf{for } t = 1, 2, \ldots: \\
-         &\quad g_t \leftarrow \pm\nabla_\theta f_t(\theta_{t-1}) + w\,\theta_{t-1}
-            \quad (- \text{ if } \textit{maximize}) \\
-         &\quad \textbf{if } \mu \neq 0: \; b_t \leftarrow g_t \text{ if } t = 1
-            \text{ else } \mu b_{t-1} + (1 - \tau) g_t; \quad
-            u_t \leftarrow g_t + \mu b_t \text{ if } \textit{nesterov} \text{ else } b_t \\
-         &\quad \textbf{else}: u_t \leftarrow g_t \\
-         &\quad \hat\theta \leftarrow \theta_{t-1} - \eta_t u_t
-            \qquad \text{(torch.optim.SGD, exactly)} \\
-         &\quad \lambda \leftarrow \eta_t k_i \text{ (k\_unit='absolute') or }
-                (\eta_t / \eta_{base}) k_i \text{ (k\_unit='base\_lr')} \\
-         &\quad \theta_t \leftarrow \hat\theta - \lambda (\hat\theta - a)
-                \qquad \text{(review step; none if mode='none')}
-       \end{aligned}
+    The learning step :math:`\theta \to \hat\theta` is ``torch.optim.SGD``, operation for
+    operation (:math:`u_t` is the momentum buffer with torch's ``momentum`` / ``dampening`` /
+    ``nesterov`` semantics, coupled ``weight_decay``, ``maximize``, sparse gradients on the
+    per-tensor path); the review step that follows is that of :mod:`dualopt_mm.optim`.
 
     This is the paper's real-time form with torch's momentum semantics (momentum buffer
     ``'momentum_buffer'`` in the state), the same review as :class:`DualOptAdam`. It is *not*
@@ -74,9 +51,9 @@ class DualOptSGD(DualOptOptimizer):
         foreach: ``True``: ``torch._foreach_*`` path across all param groups; ``False``: the
             per-tensor loop; ``None``: foreach when all tensors are on CUDA, as torch does.
         differentiable, fused: accepted as ``False`` / ``None`` only.
-        mode, k_max, k_min, gamma, k_unit, reverse, skip_1d, layer_id, num_layers, base_lr,
-            anchor_dtype: the DualOpt hyper-parameters, see
-            :class:`~dualopt_mm.optim.review.DualOptOptimizer`.
+        **review: the review hyper-parameters by name (``mode``, ``k_max``, ``k_min``,
+            ``gamma``, ``k_unit``, ``reverse``, ``skip_1d``, ``layer_id``, ``num_layers``,
+            ``base_lr``, ``anchor_dtype``): :mod:`dualopt_mm.optim.hyperparams`.
     """
 
     def __init__(
@@ -92,17 +69,7 @@ class DualOptSGD(DualOptOptimizer):
         foreach: Optional[bool] = None,
         differentiable: bool = False,
         fused: Optional[bool] = None,
-        mode: str = 'finetune',
-        k_max: float = 0.01,
-        k_min: float = 0.0,
-        gamma: float = 1.0,
-        k_unit: str = 'base_lr',
-        reverse: bool = False,
-        skip_1d: Optional[bool] = None,
-        layer_id: Optional[int] = None,
-        num_layers: Optional[int] = None,
-        base_lr: Optional[float] = None,
-        anchor_dtype: Any = None,
+        **review: Any,
     ) -> None:
         check_unsupported_flags(differentiable=differentiable, fused=fused)
         defaults = dict(
@@ -113,11 +80,8 @@ class DualOptSGD(DualOptOptimizer):
             nesterov=nesterov,
             maximize=maximize,
             foreach=foreach,
-            **REVIEW_DEFAULTS,
+            **review_kwargs(review, type(self).__name__),
         )
-        defaults.update(mode=mode, k_max=k_max, k_min=k_min, gamma=gamma, k_unit=k_unit,
-                        reverse=reverse, skip_1d=skip_1d, layer_id=layer_id,
-                        num_layers=num_layers, base_lr=base_lr, anchor_dtype=anchor_dtype)
         self._check_hyperparameters(defaults, '')
         super().__init__(params, defaults)
 

@@ -61,7 +61,8 @@ from mmengine.optim.scheduler import (
 from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from ...optim.levels import check_k_unit, check_level_range, check_mode, layer_level
+from ...optim.hyperparams import check_k_unit, check_level_range, check_mode
+from ...optim.levels import layer_level
 from ...optim.review import apply_review
 from ..constructor import (
     assign_layer_ids,
