@@ -603,8 +603,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         base_lr = self.base_lr
         if not base_lr:
             return
-        for group in params:
-            if group.get('mode', 'none') == 'none' or 'lr' not in group:
+        for group in params:  # groups in mode 'none' too: WeightRollbackHook may refine them
+            if 'lr' not in group:
                 continue
             setting = {k: group.get(k, optimizer_defaults.get(k, REVIEW_DEFAULTS[k]))
                        for k in ('k_unit', 'k_max', 'k_min')}
@@ -614,7 +614,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 continue
             group['k_max'] = setting['k_max'] * ratio
             group['k_min'] = setting['k_min'] * ratio
-            if group['k_max'] > 1:
+            if group['k_max'] > 1 and group.get('mode') != 'none':
                 raise ValueError(
                     f'{group["param_name"]}: its lr is {ratio:g} x the optimizer lr, so its '
                     f"level k_max = {setting['k_max']!r} x {ratio:g} = {group['k_max']:.4g} > 1 "
