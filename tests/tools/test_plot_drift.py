@@ -227,7 +227,9 @@ Runner(model=Net(), work_dir=sys.argv[1],
                              sampler=dict(type='InfiniteSampler', shuffle=True)),
        train_cfg=dict(by_epoch=False, max_iters=20),
        optim_wrapper=dict(optimizer=dict(type='DualOptAdamW', lr=1e-2),
-                          constructor='DualOptOptimWrapperConstructor'),
+                          constructor='DualOptOptimWrapperConstructor',
+                          # no weights loaded here: say fine-tuning, or scratch mode is chosen
+                          paramwise_cfg=dict(dualopt=dict(mode='finetune'))),
        custom_hooks=[dict(type='WeightRollbackHook', interval=5)],
        default_hooks=dict(logger=dict(type='LoggerHook', interval=5),
                           checkpoint=dict(type='CheckpointHook', interval=-1))).train()
