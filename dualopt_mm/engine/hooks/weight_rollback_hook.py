@@ -47,31 +47,24 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
-from mmengine.optim.scheduler import (
-    ConstantParamScheduler,
-    CosineAnnealingParamScheduler,
-    CosineRestartParamScheduler,
-    ExponentialParamScheduler,
-    LinearParamScheduler,
-    MultiStepParamScheduler,
-    OneCycleParamScheduler,
-    PolyParamScheduler,
-    StepParamScheduler,
-)
 from mmengine.registry import HOOKS
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from ...optim.hyperparams import check_k_unit, check_level_range, check_mode
-from ...optim.levels import layer_level
+from ...optim.levels import layer_level, review_weight
 from ...optim.review import apply_review
 from ..constructor import (
     assign_layer_ids,
-    is_pretrained_init,
     pretrained_candidates,
-    pretrained_init_prefixes,
 )
 from ..layer_index import LAYER_INDEX_STRATEGIES, assign_blocks, dense_layer_ids
+from ..pretrained_weights import (
+    checkpoint_tensors_shapes,
+    filled_names,
+    pretrained_weights,
+    state_dict_of,
+)
 from ..report import REVIEW_DEFAULTS, format_table, review_setting, skips_tensor
+from ..schedule_peak import peak_lr
 
 #: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
 CHECKPOINT_KEY = 'weight_rollback'
@@ -112,81 +105,6 @@ def _is_annotated(optimizer: torch.optim.Optimizer) -> bool:
     """Whether DualOptOptimWrapperConstructor made the groups (one tensor each, with keys)."""
     return all('param_name' in g and 'block_index' in g and len(g['params']) == 1
                for g in optimizer.param_groups)
-
-
-def checkpoint_tensors_shapes(state_dict: Dict[str, Any], prefix: str = '') -> Dict[str, tuple]:
-    """``{key: shape}`` of the tensors of a state dict, ``module.`` stripped like mmengine, only
-    keys under ``prefix`` (stripped) when given."""
-    if prefix and not prefix.endswith('.'):
-        prefix += '.'
-    shapes = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        if key.startswith('module.'):
-            key = key[len('module.'):]
-        if prefix:
-            if not key.startswith(prefix):
-                continue
-            key = key[len(prefix):]
-        shapes[key] = tuple(value.shape)
-    return shapes
-
-
-def _state_dict_of(checkpoint: Any) -> Dict[str, Any]:
-    """The weights of a loaded checkpoint (``state_dict``, ``model`` or the dict itself)."""
-    if not isinstance(checkpoint, dict):
-        return {}
-    for key in ('state_dict', 'model'):
-        if isinstance(checkpoint.get(key), dict):
-            return checkpoint[key]
-    return checkpoint
-
-
-def lr_peak_factor(scheduler: Any, base_lr: float) -> float:
-    """An upper bound of lr / initial lr over ``scheduler``'s range (>= 1)."""
-    if getattr(scheduler, 'param_name', 'lr') != 'lr':
-        return 1.0
-    span = scheduler.end - scheduler.begin
-    if isinstance(scheduler, LinearParamScheduler):
-        factor = max(scheduler.start_factor, scheduler.end_factor)
-    elif isinstance(scheduler, ConstantParamScheduler):
-        factor = scheduler.factor
-    elif isinstance(scheduler, (StepParamScheduler, ExponentialParamScheduler)):
-        steps = (span // scheduler.step_size if isinstance(scheduler, StepParamScheduler)
-                 else span)
-        factor = scheduler.gamma**steps if scheduler.gamma > 1 else 1.0
-    elif isinstance(scheduler, MultiStepParamScheduler):
-        steps = sum(scheduler.milestones.values())
-        factor = scheduler.gamma**steps if scheduler.gamma > 1 else 1.0
-    elif isinstance(scheduler, (CosineAnnealingParamScheduler, PolyParamScheduler,
-                                CosineRestartParamScheduler)):
-        eta_min = getattr(scheduler, 'eta_min', None)
-        ratio = getattr(scheduler, 'eta_min_ratio', None)
-        if ratio is not None:
-            factor = ratio
-        else:
-            factor = (eta_min or 0.0) / base_lr if base_lr else 1.0
-        weights = getattr(scheduler, 'restart_weights', None)
-        if weights:
-            factor = max(factor, max(weights))
-    elif isinstance(scheduler, OneCycleParamScheduler):
-        eta_max = scheduler.eta_max
-        eta_max = max(eta_max) if isinstance(eta_max, (list, tuple)) else eta_max
-        factor = eta_max / base_lr if base_lr else 1.0
-    else:  # ReduceOnPlateau (factor < 1) and unknown schedulers
-        factor = 1.0
-    return max(1.0, float(factor))
-
-
-def _flatten_schedulers(schedulers: Any) -> List[Any]:
-    if schedulers is None:
-        return []
-    if isinstance(schedulers, dict):
-        return [s for value in schedulers.values() for s in _flatten_schedulers(value)]
-    if isinstance(schedulers, (list, tuple)):
-        return [s for value in schedulers for s in _flatten_schedulers(value)]
-    return [schedulers]
 
 
 @HOOKS.register_module()
@@ -296,7 +214,7 @@ class WeightRollbackHook(Hook):
             self._resumed = True
             self._loaded_state = checkpoint.get(CHECKPOINT_KEY)
         else:
-            shapes = checkpoint_tensors_shapes(_state_dict_of(checkpoint))
+            shapes = checkpoint_tensors_shapes(state_dict_of(checkpoint))
             self._load_from_shapes = {**(self._load_from_shapes or {}), **shapes}
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -316,7 +234,7 @@ class WeightRollbackHook(Hook):
         names = {id(p): n for n, p in model.named_parameters()}
         filled: Optional[Set[str]] = None
         if not self._resumed:
-            filled = self._filled_names(model)
+            filled = filled_names(model, self._load_from_shapes)
         self._optimizers = _optimizers(runner.optim_wrapper)
         for optimizer in self._optimizers:
             key = id(optimizer)
@@ -368,81 +286,6 @@ class WeightRollbackHook(Hook):
             handle.remove()
         self._handles = []
 
-    def _filled_names(self, model: nn.Module) -> Optional[Set[str]]:
-        """Names of the parameters a checkpoint filled, or None when none is configured."""
-        params = dict(model.named_parameters())
-        filled: Set[str] = set()
-        configured = False
-        if self._load_from_shapes is not None:
-            configured = True
-            filled |= {n for n, p in params.items()
-                       if self._load_from_shapes.get(n) == tuple(p.shape)}
-        for prefix in pretrained_init_prefixes(model):
-            configured = True
-            module = model.get_submodule(prefix.rstrip('.')) if prefix else model
-            filled |= self._filled_by_init_cfg(module, prefix)
-        return filled if configured else None
-
-    @staticmethod
-    def _init_cfg_checkpoints(module: nn.Module) -> List[dict]:
-        init_cfgs = module.init_cfg if isinstance(module.init_cfg, (list, tuple)) else [
-            module.init_cfg]
-        return [cfg for cfg in init_cfgs if is_pretrained_init(cfg)]
-
-    def _filled_by_init_cfg(self, module: nn.Module, prefix: str) -> Set[str]:
-        names = {n: tuple(p.shape) for n, p in module.named_parameters()}
-        filled: Set[str] = set()
-        for cfg in self._init_cfg_checkpoints(module):
-            try:
-                checkpoint = CheckpointLoader.load_checkpoint(
-                    cfg['checkpoint'], map_location='cpu', logger='current')
-            except Exception as error:  # noqa: BLE001 - the weights did load in init_weights
-                print_log(f'cannot re-read {cfg["checkpoint"]} to see which tensors it fills '
-                          f'({error!r}): counting all parameters of '
-                          f'{prefix.rstrip(".") or "the model"} as pretrained',
-                          logger='current', level=logging.WARNING)
-                checkpoint = {}
-            shapes = checkpoint_tensors_shapes(_state_dict_of(checkpoint),
-                                               cfg.get('prefix') or '')
-            matched = {n for n, shape in names.items() if shapes.get(n) == shape}
-            if not matched and shapes:
-                print_log(
-                    f'none of the parameter names of {prefix.rstrip(".") or "the model"} '
-                    f'appear in {cfg["checkpoint"]} (its init_weights converts the keys?): '
-                    'counting all of its parameters as pretrained', logger='current',
-                    level=logging.WARNING)
-            if not matched:
-                matched = set(names)
-            filled |= {prefix + n for n in matched}
-        return filled
-
-    def _pretrained_weights(self, model: nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-        """The tensors the config's ``init_cfg=Pretrained`` checkpoints hold, by model name
-        (matched by name and shape), and the checkpoint paths read."""
-        params = dict(model.named_parameters())
-        weights: Dict[str, torch.Tensor] = {}
-        sources: List[str] = []
-        for prefix in pretrained_init_prefixes(model):
-            module = model.get_submodule(prefix.rstrip('.')) if prefix else model
-            for cfg in self._init_cfg_checkpoints(module):
-                checkpoint = CheckpointLoader.load_checkpoint(
-                    cfg['checkpoint'], map_location='cpu', logger='current')
-                sources.append(str(cfg['checkpoint']))
-                state = _state_dict_of(checkpoint)
-                ckpt_prefix = cfg.get('prefix') or ''
-                if ckpt_prefix and not ckpt_prefix.endswith('.'):
-                    ckpt_prefix += '.'
-                for key, value in state.items():
-                    if not isinstance(value, torch.Tensor):
-                        continue
-                    key = key[len('module.'):] if key.startswith('module.') else key
-                    if not key.startswith(ckpt_prefix):
-                        continue
-                    name = prefix + key[len(ckpt_prefix):]
-                    if name in params and tuple(params[name].shape) == tuple(value.shape):
-                        weights[name] = value
-        return weights, sources
-
     def _anchor_foreign_resume(self, optimizer: torch.optim.Optimizer, model: nn.Module,
                                names: Dict[int, str]) -> None:
         """On resume from the optimizer state of another optimizer (a stock AdamW run switched
@@ -462,7 +305,7 @@ class WeightRollbackHook(Hook):
         missing = unanchored()
         if not missing:
             return
-        weights, sources = self._pretrained_weights(model)
+        weights, sources = pretrained_weights(model)
         if not weights:
             raise RuntimeError(
                 f'the resumed optimizer state has no theta_0 for {len(missing)} fine-tuned '
@@ -594,9 +437,9 @@ class WeightRollbackHook(Hook):
                            reverse=review_setting(group, 'reverse', fallback))
 
     def _check_lambda(self, runner) -> None:
+        """λ ≤ 1 at the largest lr the schedule reaches, before the first iteration."""
         if self.check_lambda == 'off':
             return
-        schedulers = _flatten_schedulers(runner.param_schedulers)
         for optimizer in self._optimizers:
             fallback = self._fallback(optimizer)
             for entry in self._entries[id(optimizer)]:
@@ -605,17 +448,15 @@ class WeightRollbackHook(Hook):
                     continue
                 group = entry.group
                 base = group.get('initial_lr', group['lr'])
-                peak = base * math.prod(lr_peak_factor(s, base) for s in schedulers)
-                absolute = review_setting(group, 'k_unit', fallback) == 'absolute'
-                lam = level * (peak if absolute else peak / (group['base_lr'] or base))
-                if lam > 1:
-                    message = (f'review weight lambda = {lam:.4g} > 1 for {entry.name} at the '
-                               f'peak lr {peak:.4g} of the schedule (level k_i={level:.4g}, '
-                               f"k_unit={'absolute' if absolute else 'base_lr'}): the "
-                               'weights would overshoot the anchor; lower k_max')
+                peak = peak_lr(base, runner.param_schedulers)
+                try:
+                    review_weight(level, peak, group['base_lr'] or base,
+                                  review_setting(group, 'k_unit', fallback),
+                                  f'{entry.name} at the peak lr of the schedule')
+                except ValueError as error:
                     if self.check_lambda == 'error':
-                        raise ValueError(message)
-                    print_log(message, logger='current', level=logging.WARNING)
+                        raise
+                    print_log(str(error), logger='current', level=logging.WARNING)
                     return  # one warning is enough
 
     def level_rows(self) -> List[Dict[str, Any]]:
@@ -703,13 +544,8 @@ class WeightRollbackHook(Hook):
             if not level:
                 continue
             group = entry.group
-            if review_setting(group, 'k_unit', fallback) == 'absolute':
-                lam = level * group['lr']
-            else:
-                lam = level * group['lr'] / group['base_lr'] if group['base_lr'] else 0.0
-            if lam > 1:
-                raise ValueError(f'review weight lambda = {lam:.4g} > 1 for {entry.name} '
-                                 f'(lr={group["lr"]!r}, level={level!r}): lower k_max')
+            lam = review_weight(level, group['lr'], group['base_lr'],
+                                review_setting(group, 'k_unit', fallback), entry.name)
             params.append(param)
             anchors.append(self._anchors[entry.name] if entry.mode == 'finetune' else None)
             weights.append(lam)
