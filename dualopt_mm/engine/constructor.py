@@ -378,6 +378,21 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
         optim_wrapper = dict(constructor='DualOptOptimWrapperConstructor')
 
+    and the rest of the config keeps its meaning:
+
+    - lr and weight decay per tensor come from the config's own constructor: mmengine's
+      default rules, or a layer-wise lr decay constructor recognised from its
+      ``paramwise_cfg`` keys (:mod:`dualopt_mm.engine.base_constructor`), or
+      ``dualopt.base_constructor``; unknown ``paramwise_cfg`` keys are refused;
+    - with ``k_unit='base_lr'`` a group at r times the optimizer's lr gets levels r·k_i, so
+      λ is proportional to its lr (:meth:`scale_levels`);
+    - without a ``mode``, a config that names no pretrained weights anywhere (no ``init_cfg``
+      checkpoint, no ``load_from``, no module loaded when built) runs in scratch mode
+      (:meth:`_decide_mode`), logged;
+    - mmengine's ``ZeroRedundancyOptimizer`` becomes
+      :class:`~dualopt_mm.engine.zero.DualOptZeroRedundancyOptimizer` (θ_0 sharded); FSDP
+      with ``use_orig_params=True`` is supported in finetune mode (:func:`check_fsdp`).
+
     The DualOpt options live in ``paramwise_cfg['dualopt']`` (:class:`DualOptOptions`)::
 
         optim_wrapper = dict(
@@ -457,6 +472,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         anywhere. Outside a Runner ``load_from`` cannot be seen and finetune is kept.
         ``mode='finetune'`` given with no pretrained source is warned about.
         """
+        self.mode = self.mode_given or 'finetune'
         if self.mode_given == 'scratch' or self.mode_given == 'none':
             return None
         sources = PretrainedSources.find(model)
