@@ -1,0 +1,612 @@
+#!/usr/bin/env python
+"""Real-data fine-tuning benchmark: ImageNet-pretrained Lite0, detection and segmentation.
+
+Does weight rollback keep the pretrained features when a real ImageNet backbone is fine-tuned
+on a small dense-prediction task, and does that help in-domain or on shifted data? Everything
+runs through the real mmengine ``Runner`` with the configs in ``configs/real/``:
+
+``det``  Faster R-CNN Lite0-FPN on NEON tree crowns
+         (``configs/real/faster-rcnn_lite0_fpn_neon-trees_*``):
+         box AP on held-out Yellowstone tiles (in-domain) and on two other sites (cross-site).
+``seg``  Semantic FPN Lite0 on real digits pasted on real aerial photos
+         (``configs/real/fpn_lite0_digit-scenes_*``): mIoU in-domain and on other sites' photos.
+
+Methods (same schedule, batches and seeds; each changes one thing of the baseline config):
+
+``stock``        the config's optimizer (det: SGD, seg: AdamW); knob: ``weight_decay``.
+``dualopt``      the DualOpt config (one-line switch, defaults: DualOptSGD / DualOptAdamW,
+                 ``k_max=0.01``);
+                 knob: ``k_max`` (per-step rollback fraction of the shallowest layer at the
+                 base lr).
+``dualopt_ref``  the reference-parity setting of the papers / authors' AdamB: ``DualOptAdam(
+                 lr=1e-4, weight_decay=0, reference=True, k_unit='absolute', k_max=f/lr,
+                 k_min=0, gamma=1)`` with mmengine's default constructor (one param group of
+                 all parameters in model order, so the tensor-order index spans the whole model
+                 as when the reference optimizer is given ``model.parameters()``); knob: ``f``.
+``l2sp``         stock optimizer + ``L2SPHook(alpha)`` (gradient of ``α/2‖θ−θ_0‖²`` on the
+                 backbone); knob: ``alpha``.
+
+Reported per run: the task metrics; upstream retention, i.e. the fine-tuned backbone put back
+under the original Lite0 ImageNet head (conv_head, bn2, classifier) and scored by top-1 on the
+20 ImageNet images of foolbox and by top-1 agreement with the pretrained model on 44 held-out
+real images (foolbox's CIFAR images, quadrants of NEON ``SOAP_031``); the drift
+``‖θ − θ_0‖/‖θ_0‖`` of every backbone block. Tables: mean ± std over seeds and paired
+(seed-by-seed) deltas to ``stock``, for the defaults and for each method's knob selected on
+the validation split (sweep on ``--sweep-seeds``, then the selected value on all seeds).
+
+Outputs in ``--out-dir``: ``results.json`` (every run, provenance), ``results.md`` (tables),
+``drift.png`` (per-block drift). ``--render results.json`` re-renders the tables only; the
+README's table is that output for ``docs/results/real_finetune.json``.
+
+Examples::
+
+    python tools/experiments/real_finetune.py --threads 1 --out-dir work_dirs/real_finetune
+    python tools/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~3 minutes
+    python tools/experiments/real_finetune.py --render docs/results/real_finetune.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'tools' / 'data'))
+sys.path.insert(0, str(ROOT / 'tools' / 'experiments'))
+
+import provenance  # noqa: E402
+
+CONFIGS = {
+    'det': ('configs/real/faster-rcnn_lite0_fpn_neon-trees_baseline.py',
+            'configs/real/faster-rcnn_lite0_fpn_neon-trees_dualopt.py'),
+    'seg': ('configs/real/fpn_lite0_digit-scenes_baseline.py',
+            'configs/real/fpn_lite0_digit-scenes_dualopt.py'),
+}
+TASK_TITLE = {
+    'det': 'Tree-crown detection (Faster R-CNN Lite0-FPN, NEON)',
+    'seg': 'Digit-scene segmentation (Semantic FPN Lite0, real images, generated layout)',
+}
+METHODS = ('stock', 'dualopt', 'dualopt_ref', 'l2sp')
+METHOD_TITLE = {
+    'stock': 'stock optimizer',
+    'dualopt': 'DualOpt (one-line switch)',
+    'dualopt_ref': 'DualOpt reference (Adam 1e-4)',
+    'l2sp': 'L2-SP (stock + L2SPHook)',
+}
+KNOB = {'stock': 'weight_decay', 'dualopt': 'k_max', 'dualopt_ref': 'k_max*lr', 'l2sp': 'alpha'}
+# (default, sweep grid) per task and method; the default is the config's / the paper's value
+GRIDS = {
+    'det': {'stock': (1e-4, (1e-4, 1e-3, 1e-2)), 'dualopt': (0.01, (0.003, 0.01, 0.03)),
+            'dualopt_ref': (0.01, (0.003, 0.01, 0.03)), 'l2sp': (0.01, (0.01, 0.1, 1.0))},
+    'seg': {'stock': (0.01, (0.01, 0.1, 1.0)), 'dualopt': (0.01, (0.003, 0.01, 0.03)),
+            'dualopt_ref': (0.01, (0.003, 0.01, 0.03)), 'l2sp': (0.01, (0.01, 0.1, 1.0))},
+}
+REF_LR = 1e-4
+# metric keys: (key in a run's metrics, column title, scale to %)
+TASK_METRICS = {
+    'det': [('val', 'val AP', 100), ('test_in', 'AP in-domain', 100),
+            ('test_in_50', 'AP50 in-domain', 100), ('test_cross', 'AP cross-site', 100),
+            ('test_cross_50', 'AP50 cross-site', 100)],
+    'seg': [('val', 'val mIoU', 1), ('test', 'mIoU in-domain', 1),
+            ('test_shifted', 'mIoU other sites', 1)],
+}
+RETENTION_METRICS = [('imagenet_top1', 'ImageNet top-1 (20 img, old head)', 100),
+                     ('agreement', 'agreement w/ pretrained (44 img)', 100),
+                     ('drift_all', 'backbone drift', 1)]
+PAIRED = {'det': ['test_in', 'test_cross'], 'seg': ['test', 'test_shifted']}
+
+
+def log(msg: str) -> None:
+    print(f'[real_finetune {time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def prepare_data(data_dir: Path, quick: bool) -> Dict[str, Path]:
+    """Convert the weights and data sets into ``data_dir`` unless already there."""
+    import convert_lite0
+    import convert_neon_trees
+    import make_digit_scenes
+    paths = {'lite0': data_dir / 'lite0' / 'tf_efficientnet_lite0_imagenet_mmengine.pth',
+             'det': data_dir / 'neon_trees', 'seg': data_dir / 'digit_scenes'}
+    if not paths['lite0'].is_file():
+        log(f'converting the Lite0 weights -> {paths["lite0"]}')
+        if convert_lite0.main(['--out', str(paths['lite0'])]) != 0:
+            raise RuntimeError('the converted Lite0 weights failed the 17/20 ImageNet check')
+    if not (paths['det'] / 'annotations' / 'test_cross.json').is_file():
+        log(f'tiling the NEON tree crowns -> {paths["det"]}')
+        convert_neon_trees.convert(paths['det'])
+    if not (paths['seg'] / 'layout.json').is_file():
+        log(f'building the digit scenes -> {paths["seg"]}')
+        make_digit_scenes.main(['--out', str(paths['seg'])])
+    return paths
+
+
+# ------------------------------------------------------------------------------------- configs
+
+
+def build_cfg(task: str, method: str, value: float, seed: int, args: argparse.Namespace,
+              paths: Dict[str, Path], work_dir: Path):
+    """The mmengine Config of one run: the task's baseline / DualOpt config plus the method."""
+    from mmengine.config import Config
+    baseline, dualopt = CONFIGS[task]
+    cfg = Config.fromfile(str(ROOT / (dualopt if method == 'dualopt' else baseline)))
+    data_root = str(paths[task]) + '/'
+    cfg.model.backbone.init_cfg.checkpoint = str(paths['lite0'])
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[key].dataset.data_root = data_root
+    if task == 'det':
+        cfg.val_evaluator.ann_file = data_root + 'annotations/val.json'
+        cfg.test_evaluator.ann_file = data_root + 'annotations/test_in.json'
+    if args.quick:
+        cfg.val_dataloader.dataset.indices = args.eval_images
+        cfg.test_dataloader.dataset.indices = args.eval_images
+    iters = args.iters[task]
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters
+    warmup = max(1, iters // 10)
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup),
+        dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=iters, T_max=iters)]
+    cfg.default_hooks.checkpoint = None
+    cfg.default_hooks.logger.interval = max(1, iters // 5)
+    cfg.log_level = 'WARNING'
+    cfg.work_dir = str(work_dir)
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
+                       dist_cfg=dict(backend='gloo'))
+    hooks = [h for h in cfg.custom_hooks if h['type'] != 'WeightRollbackHook']
+    if method == 'stock':
+        cfg.optim_wrapper.optimizer.weight_decay = value
+    elif method == 'dualopt':
+        cfg.optim_wrapper.paramwise_cfg = dict(dualopt=dict(k_max=value))
+    elif method == 'dualopt_ref':
+        cfg.optim_wrapper = dict(
+            type='OptimWrapper', constructor='DefaultOptimWrapperConstructor',
+            optimizer=dict(type='DualOptAdam', lr=REF_LR, betas=(0.9, 0.999), weight_decay=0.0,
+                           reference=True, k_unit='absolute', k_max=value / REF_LR, k_min=0.0,
+                           gamma=1.0))
+    elif method == 'l2sp':
+        hooks.append(dict(type='L2SPHook', alpha=value))
+    else:
+        raise ValueError(f'unknown method {method!r}')
+    cfg.custom_hooks = hooks
+    return cfg
+
+
+# ----------------------------------------------------------------------------------- measuring
+
+
+def block_of(name: str) -> Optional[Tuple[str, str]]:
+    """(stage, block) of a backbone parameter name, e.g. ('stage3', 'blocks.3.1')."""
+    m = re.match(r'backbone\.timm_model\.blocks\.(\d+)\.(\d+)\.', name)
+    if m:
+        return f'stage{m.group(1)}', f'blocks.{m.group(1)}.{m.group(2)}'
+    if re.match(r'backbone\.timm_model\.(conv_stem|bn1)\.', name):
+        return 'stem', 'stem'
+    return None
+
+
+def drift(model, anchor: Dict[str, Any]) -> Dict[str, float]:
+    """‖θ − θ_0‖/‖θ_0‖ per stage, per block and over the whole backbone (trainable tensors)."""
+    import torch
+    sums: Dict[str, List[float]] = {}
+    for name, p in model.named_parameters():
+        key = block_of(name)
+        if key is None or not p.requires_grad:
+            continue
+        a = anchor[name[len('backbone.'):]].to(p.dtype)
+        d2 = float(torch.sum((p.detach() - a) ** 2))
+        n2 = float(torch.sum(a ** 2))
+        for k in (key[0], key[1], 'all'):
+            acc = sums.setdefault(k, [0.0, 0.0])
+            acc[0] += d2
+            acc[1] += n2
+    return {k: math.sqrt(d2) / math.sqrt(n2) if n2 > 0 else 0.0 for k, (d2, n2) in sums.items()}
+
+
+class Retention:
+    """The original ImageNet classifier on a fine-tuned backbone: top-1 and agreement."""
+
+    def __init__(self, ckpt_path: Path) -> None:
+        import convert_lite0
+        import torch
+        self.ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        self.x_in, self.y_in = convert_lite0.imagenet_set()
+        self.x_held = convert_lite0.held_out_set()
+        pretrained = convert_lite0.classifier_from_checkpoint(self.ckpt)
+        self.base_in = convert_lite0.predict(pretrained, self.x_in)
+        self.base_held = convert_lite0.predict(pretrained, self.x_held)
+
+    def __call__(self, backbone_state: Dict[str, Any]) -> Dict[str, float]:
+        import convert_lite0
+        model = convert_lite0.classifier_from_checkpoint(self.ckpt, backbone_state)
+        pred_in = convert_lite0.predict(model, self.x_in)
+        pred_held = convert_lite0.predict(model, self.x_held)
+        return {'imagenet_top1': float((pred_in == self.y_in).float().mean()),
+                'agreement': float((pred_held == self.base_held).float().mean())}
+
+    def pretrained(self) -> Dict[str, float]:
+        return {'imagenet_top1': float((self.base_in == self.y_in).float().mean()),
+                'agreement': 1.0, 'drift_all': 0.0}
+
+
+def evaluate(runner, cfg, task: str, paths: Dict[str, Path], args: argparse.Namespace
+             ) -> Dict[str, float]:
+    """Task metrics of the trained model on the test splits (TestLoop of the runner)."""
+    from mmengine.runner import TestLoop
+    out: Dict[str, float] = {}
+    if task == 'det':
+        splits = {'test_in': 'annotations/test_in.json',
+                  'test_cross': 'annotations/test_cross.json'}
+        for split, ann in splits.items():
+            dl = copy.deepcopy(cfg.test_dataloader)
+            dl.dataset.ann_file = ann
+            if args.quick and split == 'test_cross':
+                dl.dataset.pop('indices', None)
+            ev = copy.deepcopy(cfg.test_evaluator)
+            ev.ann_file = str(paths['det'] / ann)
+            metrics = TestLoop(runner, dl, ev).run()
+            out[split] = float(metrics['coco/bbox_mAP'])
+            out[f'{split}_50'] = float(metrics['coco/bbox_mAP_50'])
+    else:
+        for split in ('test', 'test_shifted'):
+            dl = copy.deepcopy(cfg.test_dataloader)
+            dl.dataset.data_prefix = dict(img_path=f'images/{split}',
+                                          seg_map_path=f'annotations/{split}')
+            metrics = TestLoop(runner, dl, copy.deepcopy(cfg.test_evaluator)).run()
+            out[split] = float(metrics['mIoU'])
+    return out
+
+
+def run_one(task: str, method: str, value: float, seed: int, args: argparse.Namespace,
+            paths: Dict[str, Path], retention: Retention, anchor: Dict[str, Any]
+            ) -> Dict[str, Any]:
+    from mmengine.logging import MMLogger
+
+    from dualopt_mm.utils.run_tools import build_runner
+    t0 = time.time()
+    work_dir = Path(args.out_dir) / 'runs' / f'{task}_{method}_{value:g}_s{seed}'
+    cfg = build_cfg(task, method, value, seed, args, paths, work_dir)
+    runner = build_runner(cfg)
+    runner.train()
+    val = runner.val_loop.run() if runner.val_loop is not None else {}
+    metrics = {'val': float(val['coco/bbox_mAP'] if task == 'det' else val['mIoU'])}
+    metrics.update(evaluate(runner, cfg, task, paths, args))
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    metrics.update(retention(model.backbone.state_dict()))
+    blocks = drift(model, anchor)
+    metrics['drift_all'] = blocks['all']
+    wall = time.time() - t0
+    MMLogger._instance_dict.clear()   # one logger per run; do not keep file handles around
+    log(f'{task} {method:11s} {KNOB[method]}={value:g} seed {seed}: '
+        + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) + f' ({wall:.0f} s)')
+    return {'task': task, 'method': method, 'knob': KNOB[method], 'value': value, 'seed': seed,
+            'metrics': metrics, 'drift': blocks, 'wall_s': wall}
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def find(runs: List[Dict], task: str, method: str, value: float, seed: int) -> Optional[Dict]:
+    for r in runs:
+        if (r['task'], r['method'], r['seed']) == (task, method, seed) and \
+                math.isclose(r['value'], value, rel_tol=1e-9):
+            return r
+    return None
+
+
+def select(runs: List[Dict], task: str, method: str, grid: Sequence[float],
+           seeds: Sequence[int]) -> float:
+    """The grid value with the best mean validation metric over ``seeds`` (ties: the first)."""
+    best, best_score = grid[0], -math.inf
+    for value in grid:
+        scores = [find(runs, task, method, value, s)['metrics']['val'] for s in seeds]
+        score = statistics.mean(scores)
+        if score > best_score + 1e-12:
+            best, best_score = value, score
+    return best
+
+
+def run_all(args: argparse.Namespace) -> Dict[str, Any]:
+    import torch
+    torch.set_num_threads(args.threads)
+
+    import dualopt_mm  # noqa: F401  registers DualOpt*, L2SPHook, NormEvalHook
+    t_start = time.time()
+    paths = prepare_data(Path(args.data_dir), args.quick)
+    retention = Retention(paths['lite0'])
+    args._pretrained = retention.pretrained()
+    anchor = retention.ckpt['state_dict']
+    log(f'pretrained Lite0: ImageNet top-1 {retention.pretrained()["imagenet_top1"] * 20:.0f}/20')
+    runs: List[Dict[str, Any]] = []
+    selection: Dict[str, Dict[str, float]] = {}
+
+    def ensure(task: str, method: str, value: float, seed: int) -> None:
+        if find(runs, task, method, value, seed) is None:
+            runs.append(run_one(task, method, value, seed, args, paths, retention, anchor))
+            if args.out_dir:
+                write_json(args, runs, selection, paths, time.time() - t_start, partial=True)
+
+    for task in args.tasks:
+        for method in args.methods:
+            default, grid = GRIDS[task][method]
+            for seed in args.seeds:
+                ensure(task, method, default, seed)
+        if args.sweep and task in args.sweep_tasks:
+            selection[task] = {}
+            for method in args.methods:
+                default, grid = GRIDS[task][method]
+                for value in grid:
+                    for seed in args.sweep_seeds:
+                        ensure(task, method, value, seed)
+                chosen = select(runs, task, method, grid, args.sweep_seeds)
+                selection[task][method] = chosen
+                log(f'{task} {method}: selected {KNOB[method]}={chosen:g} on validation')
+                for seed in args.seeds:
+                    ensure(task, method, chosen, seed)
+    args._pretrained = retention.pretrained()
+    return write_json(args, runs, selection, paths, time.time() - t_start, partial=False)
+
+
+def run_parallel(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
+    """One subprocess per task (``--tasks <task> --out-dir <out>/<task>``), then merge."""
+    import subprocess
+    t0 = time.time()
+    prepare_data(Path(args.data_dir), args.quick)          # once, before the processes start
+    base = list(argv)
+    for flag in ('--jobs', '--out-dir', '--tasks'):      # drop these options and their values
+        while flag in base:
+            i = base.index(flag)
+            j = i + 1
+            while j < len(base) and not base[j].startswith('--'):
+                j += 1
+            del base[i:j]
+    procs = {}
+    for task in args.tasks:
+        sub_out = Path(args.out_dir) / task
+        cmd = [sys.executable, __file__, *base, '--tasks', task, '--out-dir', str(sub_out)]
+        log(f'starting {task}: {" ".join(cmd[1:])}')
+        procs[task] = subprocess.Popen(cmd)
+    for task, proc in procs.items():
+        if proc.wait() != 0:
+            raise RuntimeError(f'the {task} process failed (exit {proc.returncode})')
+    parts = [json.loads((Path(args.out_dir) / t / 'results.json').read_text())
+             for t in args.tasks]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged['runs'] += part['runs']
+        merged['selection'].update(part['selection'])
+        for key in ('tasks', 'sweep_tasks'):
+            merged['settings'][key] += part['settings'][key]
+        for key in ('iters', 'grids', 'defaults'):
+            merged['settings'][key].update(part['settings'][key])
+    merged['settings']['jobs'] = args.jobs
+    merged['wall_s'] = time.time() - t0
+    merged['provenance']['command'] = ' '.join([Path(sys.argv[0]).name, *argv])
+    return merged
+
+
+def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, paths, wall: float,
+               partial: bool) -> Dict[str, Any]:
+    import real_sources
+    results = {
+        'tool': 'tools/experiments/real_finetune.py',
+        'partial': partial,
+        'settings': {
+            'tasks': list(args.tasks), 'methods': list(args.methods), 'seeds': list(args.seeds),
+            'sweep': bool(args.sweep), 'sweep_seeds': list(args.sweep_seeds),
+            'sweep_tasks': [t for t in args.tasks if args.sweep and t in args.sweep_tasks],
+            'iters': dict(args.iters), 'quick': bool(args.quick), 'threads': args.threads,
+            'grids': {t: {m: list(GRIDS[t][m][1]) for m in args.methods} for t in args.tasks},
+            'defaults': {t: {m: GRIDS[t][m][0] for m in args.methods} for t in args.tasks},
+            'ref_lr': REF_LR,
+        },
+        'pretrained': getattr(args, '_pretrained', None),
+        'selection': selection,
+        'runs': runs,
+        'wall_s': wall,
+        'provenance': provenance.collect(args.threads, data=real_sources.versions()),
+    }
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / 'results.json', 'w') as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+
+def fmt(values: Sequence[float], scale: float, digits: int = 1) -> str:
+    vals = [v * scale for v in values]
+    if len(vals) == 1:
+        return f'{vals[0]:.{digits}f}'
+    return f'{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}'
+
+
+def table(results: Dict[str, Any], task: str, tuned: bool) -> str:
+    runs, settings = results['runs'], results['settings']
+    seeds = settings['seeds']
+    metrics = TASK_METRICS[task] + RETENTION_METRICS
+    deltas = PAIRED[task]
+    titles = {k: t for k, t, _ in TASK_METRICS[task]}
+    head = (['method', 'setting'] + [t for _, t, _ in metrics]
+            + [f'Δ {titles[k]} vs stock' for k in deltas])
+    lines = ['| ' + ' | '.join(head) + ' |',
+             '| :-- | --: |' + ' --: |' * (len(head) - 2)]
+    values = {}
+    for method in settings['methods']:
+        if tuned:
+            value = results['selection'][task][method]
+        else:
+            value = settings['defaults'][task][method]
+        values[method] = value
+    for method in settings['methods']:
+        rs = [find(runs, task, method, values[method], s) for s in seeds]
+        if any(r is None for r in rs):
+            continue
+        cells = [METHOD_TITLE[method], f'{KNOB[method]}={values[method]:g}']
+        for key, _, scale in metrics:
+            cells.append(fmt([r['metrics'][key] for r in rs], scale,
+                             3 if key == 'drift_all' else 1))
+        base = [find(runs, task, 'stock', values.get('stock', 0), s) for s in seeds]
+        for key in deltas:
+            scale = dict((k, s) for k, _, s in TASK_METRICS[task])[key]
+            if any(b is None for b in base) or method == 'stock':
+                cells.append('—')
+            else:
+                cells.append(fmt([r['metrics'][key] - b['metrics'][key]
+                                  for r, b in zip(rs, base)], scale))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def drift_table(results: Dict[str, Any], task: str) -> str:
+    runs, settings = results['runs'], results['settings']
+    stages = ['stem'] + [f'stage{i}' for i in range(7)]
+    lines = ['| method | ' + ' | '.join(stages) + ' |', '| :-- |' + ' --: |' * len(stages)]
+    for method in settings['methods']:
+        value = settings['defaults'][task][method]
+        rs = [find(runs, task, method, value, s) for s in settings['seeds']]
+        if any(r is None for r in rs):
+            continue
+        cells = [f'{statistics.mean(r["drift"][st] for r in rs):.3f}' for st in stages]
+        lines.append(f'| {METHOD_TITLE[method]} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def render(results: Dict[str, Any]) -> str:
+    """The markdown tables of a results file (deterministic: the README embeds this text)."""
+    s = results['settings']
+    pre = results.get('pretrained') or {}
+    out = [f"Seeds {', '.join(map(str, s['seeds']))}; "
+           + '; '.join(f"{t}: {s['iters'][t]} iterations" for t in s['tasks'])
+           + f"; {s['threads']} torch thread(s); wall time {results['wall_s'] / 60:.1f} min. "
+           + "Pretrained Lite0 (no fine-tuning): ImageNet top-1 "
+           + f"{pre.get('imagenet_top1', float('nan')) * 100:.0f} % on the 20 images.",
+           '', f"Provenance: {provenance.describe(results['provenance'])}."]
+    for task in s['tasks']:
+        out += ['', f'**{TASK_TITLE[task]}**, defaults (no tuning):', '',
+                table(results, task, False)]
+        if results['selection'].get(task):
+            out += ['', f'**{TASK_TITLE[task]}**, each knob selected on validation '
+                    f"(grid on seed(s) {', '.join(map(str, s['sweep_seeds']))}):", '',
+                    table(results, task, True)]
+        out += ['', f'Drift ‖θ − θ₀‖/‖θ₀‖ per backbone stage, {task}, defaults (mean over seeds):',
+                '', drift_table(results, task)]
+    return '\n'.join(out) + '\n'
+
+
+def plot_drift(results: Dict[str, Any], path: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    s = results['settings']
+    stages = ['stem'] + [f'stage{i}' for i in range(7)]
+    fig, axes = plt.subplots(1, len(s['tasks']), figsize=(5.5 * len(s['tasks']), 3.6),
+                             squeeze=False)
+    for ax, task in zip(axes[0], s['tasks']):
+        for method in s['methods']:
+            value = s['defaults'][task][method]
+            rs = [find(results['runs'], task, method, value, sd) for sd in s['seeds']]
+            if any(r is None for r in rs):
+                continue
+            ax.plot(range(len(stages)),
+                    [statistics.mean(r['drift'][st] for r in rs) for st in stages],
+                    marker='o', label=f'{METHOD_TITLE[method]} ({KNOB[method]}={value:g})')
+        ax.set_xticks(range(len(stages)), stages, rotation=30)
+        ax.set_ylabel('‖θ − θ₀‖ / ‖θ₀‖')
+        ax.set_title(TASK_TITLE[task].split(' (')[0])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- cli
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out-dir', default='work_dirs/real_finetune')
+    parser.add_argument('--data-dir', default=str(ROOT / 'data' / 'real'),
+                        help='converted weights and data (made on first use)')
+    parser.add_argument('--tasks', nargs='+', default=['det', 'seg'], choices=['det', 'seg'])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--sweep-seeds', nargs='+', type=int, default=[0])
+    parser.add_argument('--no-sweep', dest='sweep', action='store_false')
+    parser.add_argument('--sweep-tasks', nargs='+', default=['seg'], choices=['det', 'seg'],
+                        help='tasks that get the knob sweep (det adds ~40 min on 2 cores)')
+    parser.add_argument('--jobs', type=int, default=2,
+                        help='run the tasks in this many parallel processes (one per task), '
+                             'then merge their results')
+    parser.add_argument('--det-iters', type=int, default=None)
+    parser.add_argument('--seg-iters', type=int, default=None)
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (1: deterministic)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny run for tests: few iterations, 2 seeds, no sweep, small eval')
+    parser.add_argument('--render', metavar='RESULTS_JSON',
+                        help='print the tables of a results file and exit')
+    parser.add_argument('--plot', metavar='PNG', help='with --render: also write the drift plot')
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = sys.argv[1:] if argv is None else list(argv)
+        args.seeds = args.seeds if '--seeds' in given else [0, 1]
+        args.sweep = False
+        args.eval_images = 2
+    iters = {'det': 120, 'seg': 200} if not args.quick else {'det': 2, 'seg': 3}
+    if args.det_iters:
+        iters['det'] = args.det_iters
+    if args.seg_iters:
+        iters['seg'] = args.seg_iters
+    args.iters = iters
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            results = json.load(f)
+        print(render(results), end='')
+        if args.plot:
+            plot_drift(results, Path(args.plot))
+        return results
+    os.environ.setdefault('MPLBACKEND', 'Agg')
+    out = Path(args.out_dir)
+    if args.jobs > 1 and len(args.tasks) > 1:
+        results = run_parallel(args, argv if argv is not None else sys.argv[1:])
+    else:
+        results = run_all(args)
+    with open(out / 'results.json', 'w') as f:
+        json.dump(results, f, indent=1)
+    text = render(results)
+    (out / 'results.md').write_text(text)
+    png = plot_drift(results, out / 'drift.png')
+    print(text)
+    log(f'wrote {out / "results.json"}, {out / "results.md"}' + (f', {png}' if png else ''))
+    return results
+
+
+if __name__ == '__main__':
+    main()
