@@ -1,7 +1,7 @@
 """Shared fixtures: generated datasets, e2e config building, tool runs and timing records.
 
 Generated datasets are session-scoped (written once per test session into a temporary
-directory). The end-to-end tests build configs with :func:`dualopt_mm.testing.e2e.build_e2e_config`
+directory). The end-to-end tests build configs with :func:`e2e_harness.build_e2e_config`
 through the ``e2e_config`` fixture and run ``tools/train.py`` / ``tools/test.py`` in subprocesses.
 
 Options:
@@ -18,10 +18,16 @@ import importlib
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import pytest
+
+# the data generators live beside their CLI (tools/data); test helpers are importable by name
+_TOOLS_DATA = str(Path(__file__).resolve().parent.parent / 'tools' / 'data')
+if _TOOLS_DATA not in sys.path:
+    sys.path.insert(0, _TOOLS_DATA)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +104,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope='session')
 def coco_data(synthetic_root: Path):
     """COCO instances: 4 train / 1 val images of 256x192, 4 classes (val is costly)."""
-    from dualopt_mm.testing import make_coco_dataset
+    from synthetic_data import make_coco_dataset
     return make_coco_dataset(str(synthetic_root / 'coco'), num_images=4, num_val_images=1,
                              image_size=(256, 192), num_classes=4, seed=0)
 
@@ -106,7 +112,7 @@ def coco_data(synthetic_root: Path):
 @pytest.fixture(scope='session')
 def ade20k_data(synthetic_root: Path):
     """ADE20K: 4 train / 2 val images of 128x128, 150 classes."""
-    from dualopt_mm.testing import make_ade20k_dataset
+    from synthetic_data import make_ade20k_dataset
     return make_ade20k_dataset(str(synthetic_root / 'ade20k'), num_images=4, num_val_images=2,
                                image_size=(128, 128), num_classes=150, seed=0)
 
@@ -114,7 +120,7 @@ def ade20k_data(synthetic_root: Path):
 @pytest.fixture(scope='session')
 def classification_data(synthetic_root: Path):
     """ImageNet-style folders: 6 classes x (4 train, 2 val) images of 64x64."""
-    from dualopt_mm.testing import make_classification_dataset
+    from synthetic_data import make_classification_dataset
     return make_classification_dataset(str(synthetic_root / 'classification'),
                                        num_images_per_class=4, num_val_images_per_class=2,
                                        num_classes=6, image_size=(64, 64), seed=0)
@@ -127,10 +133,10 @@ def classification_data(synthetic_root: Path):
 def e2e_config(tmp_path: Path):
     """``e2e_config(model, data, length, optimizer=None, **cfg_options) -> (cfg, path)``.
 
-    Builds a shrunk stock config (see ``dualopt_mm.testing.e2e.E2E_MODELS``) with its
+    Builds a shrunk stock config (see ``e2e_harness.E2E_MODELS``) with its
     ``work_dir`` in the test's ``tmp_path`` and dumps it to ``tmp_path/<model>.py``.
     """
-    from dualopt_mm.testing.e2e import build_e2e_config, dump_config
+    from e2e_harness import build_e2e_config, dump_config
 
     def make(model: str, data, length: int, optimizer=None, **cfg_options):
         cfg = build_e2e_config(model, data, str(tmp_path / 'work_dir'), length,

@@ -11,7 +11,7 @@ Runs go through the repository's own ``tools/train.py`` / ``tools/test.py`` in s
 :func:`read_scalars` / :func:`read_test_metrics`.
 
 This module needs mmengine (and the downstream package of the config); the data generators in
-:mod:`dualopt_mm.testing.synthetic_data` do not.
+``tools/data/synthetic_data.py`` do not.
 """
 from __future__ import annotations
 
@@ -28,7 +28,16 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from mmengine.config import Config, ConfigDict
 
-from .synthetic_data import GeneratedDataset
+#: Root of the checkout (``tests/`` is here).
+REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
+#: Test helpers (this folder) and the data generators (``tools/data``), importable by name in
+#: this process and in the tool subprocesses (:func:`tool_env`).
+HELPER_PATHS = (osp.join(REPO_ROOT, 'tests'), osp.join(REPO_ROOT, 'tools', 'data'))
+for _path in reversed(HELPER_PATHS):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from synthetic_data import GeneratedDataset  # noqa: E402
 
 __all__ = [
     'CycleResult',
@@ -48,9 +57,6 @@ __all__ = [
     'tool_env',
     'train_resume_test',
 ]
-
-#: Root of the checkout this module lives in (``tools/`` is found here).
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.realpath(__file__))))
 
 #: Environment variables that would weaken or bypass what the tests check.
 _SCRUBBED_ENV = ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'TORCH_FORCE_WEIGHTS_ONLY_LOAD')
@@ -302,7 +308,8 @@ def tool_env(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     ``PYTHONPATH`` gets the repository root so the tools import this checkout.
     """
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-    paths = [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+    paths = [REPO_ROOT, *HELPER_PATHS] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
+                                         if p]
     env['PYTHONPATH'] = os.pathsep.join(paths)
     env.setdefault('OMP_NUM_THREADS', str(default_num_threads()))
     if extra:

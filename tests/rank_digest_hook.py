@@ -1,9 +1,10 @@
 """Hooks for tests: per-rank digests of the training state (DDP consistency checks).
 
-``import dualopt_mm.testing.hooks`` registers :class:`RankStateDigestHook` in mmengine's root
-``HOOKS`` (so every downstream scope finds it). A config uses it with::
+``import rank_digest_hook`` (``tests/`` on the path: the tool subprocesses get it from
+``e2e_harness.tool_env``) registers :class:`RankStateDigestHook` in mmengine's root ``HOOKS``
+(so every downstream scope finds it). A config uses it with::
 
-    custom_imports = dict(imports=['dualopt_mm', 'dualopt_mm.testing.hooks'])
+    custom_imports = dict(imports=['dualopt_mm', 'rank_digest_hook'])
     custom_hooks = [dict(type='RankStateDigestHook')]
 """
 from __future__ import annotations

@@ -16,8 +16,7 @@ from typing import Any, Dict
 
 import pytest
 import torch
-
-from dualopt_mm.testing.e2e import REPO_ROOT, iteration_times, read_scalars, run_tool
+from e2e_harness import REPO_ROOT, iteration_times, read_scalars, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +41,8 @@ class DDPRun:
 @pytest.fixture(scope='module', params=['dualopt', 'stock'])
 def ddp_run(request, tmp_path_factory, require_upstream, require_variant, classification_data,
             record_iteration_times) -> DDPRun:
-    from dualopt_mm.testing.e2e import build_e2e_config, dump_config
-    from dualopt_mm.testing.hooks import load_rank_digests
+    from e2e_harness import build_e2e_config, dump_config
+    from rank_digest_hook import load_rank_digests
 
     variant = request.param
     require_upstream('mmpretrain')
@@ -52,7 +51,7 @@ def ddp_run(request, tmp_path_factory, require_upstream, require_variant, classi
     work_dir = str(tmp / 'work_dir')
     cfg = build_e2e_config('resnet', classification_data, work_dir, 1, optimizer=variant)
     cfg.train_dataloader.batch_size = 6  # 24 images / (2 ranks x 6) = 2 iterations
-    imports = ['dualopt_mm.testing.hooks'] + (['dualopt_mm'] if variant == 'dualopt' else [])
+    imports = ['rank_digest_hook'] + (['dualopt_mm'] if variant == 'dualopt' else [])
     cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
     cfg.custom_hooks = [dict(type='RankStateDigestHook')]
     config_path = dump_config(cfg, str(tmp / 'resnet_ddp.py'))
@@ -95,8 +94,9 @@ def test_ranks_hold_identical_state(ddp_run: DDPRun):
 
 def test_checkpoint_matches_rank0(ddp_run: DDPRun):
     """The checkpoint (saved by rank 0) holds the weights every rank ended with."""
+    from rank_digest_hook import tensor_digest
+
     from dualopt_mm.compat import load_mmengine_checkpoint
-    from dualopt_mm.testing.hooks import tensor_digest
 
     state = load_mmengine_checkpoint(ddp_run.checkpoint, map_location='cpu')['state_dict']
     params = ddp_run.digests[0]['params']

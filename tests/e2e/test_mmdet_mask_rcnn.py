@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from dualopt_mm.testing.e2e import finite_metrics, train_resume_test
+from e2e_harness import finite_metrics, train_resume_test
 
 pytestmark = pytest.mark.slow
 

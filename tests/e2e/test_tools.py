@@ -9,9 +9,8 @@ import sys
 from types import ModuleType
 
 import pytest
+from e2e_harness import REPO_ROOT, resolve_config
 from mmengine.config import Config
-
-from dualopt_mm.testing.e2e import REPO_ROOT, resolve_config
 
 
 def _load_tool(name: str) -> ModuleType:

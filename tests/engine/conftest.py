@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 @pytest.fixture(scope='session')
 def small_coco(tmp_path_factory):
     """COCO instances, 4 train / 2 val images of 128x96 (half the harness's size), 4 classes."""
-    from dualopt_mm.testing import make_coco_dataset
+    from synthetic_data import make_coco_dataset
     return make_coco_dataset(str(tmp_path_factory.mktemp('engine_coco')), num_images=4,
                              num_val_images=2, image_size=(128, 96), num_classes=4, seed=0)
 
@@ -17,7 +17,7 @@ def small_coco(tmp_path_factory):
 @pytest.fixture(scope='session')
 def small_ade20k(tmp_path_factory):
     """ADE20K, 4 train / 2 val images of 64x64, 150 classes."""
-    from dualopt_mm.testing import make_ade20k_dataset
+    from synthetic_data import make_ade20k_dataset
     return make_ade20k_dataset(str(tmp_path_factory.mktemp('engine_ade20k')), num_images=4,
                                num_val_images=2, image_size=(64, 64), num_classes=150, seed=0)
 
@@ -25,7 +25,7 @@ def small_ade20k(tmp_path_factory):
 @pytest.fixture(scope='session')
 def small_classification(tmp_path_factory):
     """ImageNet-style folders, 6 classes x (4 train, 1 val) images of 64x64."""
-    from dualopt_mm.testing import make_classification_dataset
+    from synthetic_data import make_classification_dataset
     return make_classification_dataset(
         str(tmp_path_factory.mktemp('engine_classification')), num_images_per_class=4,
         num_val_images_per_class=1, num_classes=6, image_size=(64, 64), seed=0)

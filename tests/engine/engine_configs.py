@@ -2,9 +2,8 @@
 import os.path as osp
 from typing import Dict
 
+from e2e_harness import E2EModel, build_e2e_config
 from mmengine.config import Config, ConfigDict
-
-from dualopt_mm.testing.e2e import E2EModel, build_e2e_config
 
 CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 

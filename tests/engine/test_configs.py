@@ -118,8 +118,7 @@ def test_upstream_train_tool_registers_through_custom_imports(small_classificati
     """MMPretrain's own tools/train.py (what ``mim train mmpretrain CFG`` runs) knows nothing
     of dualopt_mm: the config's ``custom_imports`` alone registers constructor and hook."""
     import mmpretrain
-
-    from dualopt_mm.testing.e2e import dump_config, run_tool
+    from e2e_harness import dump_config, run_tool
 
     work_dir = str(tmp_path / 'work')
     cfg = shrunk_config('resnet50_8xb8_cub', 'dualopt', small_classification, work_dir)

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from e2e_harness import REPO_ROOT, run_tool
 from security_payloads import PAYLOADS, write_payload
-
-from dualopt_mm.testing.e2e import REPO_ROOT, run_tool
 
 _CHILD = r'''
 import json, pickle, sys
@@ -132,7 +131,7 @@ def _assert_refused(result, marker: Path) -> None:
 
 @pytest.fixture(scope='module')
 def smoke_data(tmp_path_factory):
-    from dualopt_mm.testing import make_classification_dataset
+    from synthetic_data import make_classification_dataset
     return make_classification_dataset(str(tmp_path_factory.mktemp('security_cls')),
                                        num_images_per_class=1, num_classes=2,
                                        image_size=(64, 64), seed=1)

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from dualopt_mm.testing import (
+from synthetic_data import (
     SHAPES,
     class_names,
     make_ade20k_dataset,

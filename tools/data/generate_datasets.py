@@ -7,13 +7,12 @@ downloading anything: point a config's ``data_root`` at the output, e.g.::
     python tools/data/generate_datasets.py --kind all --out data/synthetic --num-images 16
     # -> data/synthetic/coco, data/synthetic/ade20k, data/synthetic/classification
 
-See ``dualopt_mm/testing/synthetic_data.py`` for the exact layouts. The images show shapes
+See ``synthetic_data.py`` (beside this script) for the exact layouts. The images show shapes
 whose class decides shape and colour, so models learn something in a few iterations.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os.path as osp
 import sys
 import time
@@ -22,34 +21,16 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 KINDS = ('coco', 'ade20k', 'classification')
 DEFAULT_SIZES = {'coco': (256, 192), 'ade20k': (128, 128), 'classification': (64, 64)}
-_MODULE_NAME = 'dualopt_mm_synthetic_data'
 
 
 def _import_generators() -> ModuleType:
-    """Load ``dualopt_mm/testing/synthetic_data.py`` (numpy + Pillow only).
-
-    The file is loaded on its own, not through ``import dualopt_mm`` (which imports torch and
-    mmengine), so the data can be generated in any environment with numpy and Pillow. It is
-    found in the installed package, or in the checkout this script lives in.
-    """
-    candidates = []
-    spec = importlib.util.find_spec('dualopt_mm')
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [osp.join(p, 'testing', 'synthetic_data.py')
-                       for p in spec.submodule_search_locations]
-    # tools/data/ -> repository root (also right for dualopt_mm/.mim/tools/data/).
+    """The generators, ``synthetic_data.py`` beside this script (numpy + Pillow only: no
+    torch, no mmengine, so data can be generated in any environment)."""
     here = osp.dirname(osp.realpath(__file__))
-    candidates.append(
-        osp.join(osp.dirname(osp.dirname(here)), 'dualopt_mm', 'testing', 'synthetic_data.py'))
-    for path in candidates:
-        if osp.isfile(path):
-            module_spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[_MODULE_NAME] = module  # dataclasses look their module up here
-            module_spec.loader.exec_module(module)
-            return module
-    raise ImportError('cannot find dualopt_mm/testing/synthetic_data.py; looked in: ' +
-                      ', '.join(candidates))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import synthetic_data
+    return synthetic_data
 
 
 def parse_image_size(text: str) -> Tuple[int, int]:
