@@ -11,9 +11,7 @@ Parameter sets (``--model``):
 The models are built with mmengine ``Config.fromfile`` + ``MODELS.build`` with every
 ``init_cfg`` / ``pretrained`` removed (no download), and the param groups are made by mmengine's
 ``DefaultOptimWrapperConstructor`` with a ``paramwise_cfg`` (the config's own, or a neutral one),
-so there is one param group per trainable tensor, as in an mmengine run. Without mmdet / mmseg
-(or with ``--synthetic``) a parameter set of the same shapes is generated from the
-architectures' definitions (no mmdet, mmseg or torchvision needed).
+so there is one param group per trainable tensor, as in an mmengine run.
 
 Every optimizer gets its own copy of the parameters and the same random gradients; after
 ``--warmup`` steps, the steps are timed interleaved (one step of each optimizer per round, so a
@@ -91,85 +89,6 @@ def build_real_model(name: str) -> tuple[nn.Module, dict[str, Any]]:
     return model, cfg.optim_wrapper.to_dict()
 
 
-def _conv(out_c: int, in_c: int, k: int, bias: bool = False) -> list[tuple[int, ...]]:
-    return [(out_c, in_c, k, k)] + ([(out_c,)] if bias else [])
-
-
-def _norm(c: int) -> list[tuple[int, ...]]:
-    return [(c,), (c,)]
-
-
-def _linear(out_f: int, in_f: int, bias: bool = True) -> list[tuple[int, ...]]:
-    return [(out_f, in_f)] + ([(out_f,)] if bias else [])
-
-
-def mask_rcnn_shapes() -> list[tuple[str, tuple[int, ...], bool]]:
-    """Mask R-CNN R50-FPN (mmdet defaults, frozen_stages=1, 80 classes): (name, shape,
-    requires_grad) of every parameter."""
-    out: list[tuple[str, tuple[int, ...], bool]] = []
-
-    def add(prefix: str, shapes: list[tuple[int, ...]], trainable: bool = True) -> None:
-        out.extend((f'{prefix}.{i}', s, trainable) for i, s in enumerate(shapes))
-
-    add('backbone.stem', _conv(64, 3, 7) + _norm(64), trainable=False)
-    in_c = 64
-    for stage, (blocks, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
-        for b in range(blocks):
-            shapes = (_conv(planes, in_c, 1) + _norm(planes) + _conv(planes, planes, 3)
-                      + _norm(planes) + _conv(planes * 4, planes, 1) + _norm(planes * 4))
-            if b == 0:
-                shapes += _conv(planes * 4, in_c, 1) + _norm(planes * 4)
-            add(f'backbone.layer{stage + 1}.{b}', shapes, trainable=stage > 0)
-            in_c = planes * 4
-    for i, c in enumerate((256, 512, 1024, 2048)):
-        add(f'neck.lateral_convs.{i}', _conv(256, c, 1, bias=True))
-    for i in range(4):
-        add(f'neck.fpn_convs.{i}', _conv(256, 256, 3, bias=True))
-    add('rpn_head', _conv(256, 256, 3, True) + _conv(3, 256, 1, True) + _conv(12, 256, 1, True))
-    add('roi_head.bbox_head', _linear(1024, 256 * 7 * 7) + _linear(1024, 1024)
-        + _linear(81, 1024) + _linear(320, 1024))
-    add('roi_head.mask_head', sum((_conv(256, 256, 3, True) for _ in range(4)), [])
-        + [(256, 256, 2, 2), (256,)] + _conv(80, 256, 1, True))
-    return out
-
-
-def upernet_swin_shapes() -> list[tuple[str, tuple[int, ...], bool]]:
-    """UperNet Swin-T (mmseg: embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, 150
-    classes, auxiliary FCN head): (name, shape, requires_grad) of every parameter."""
-    out: list[tuple[str, tuple[int, ...], bool]] = []
-
-    def add(prefix: str, shapes: list[tuple[int, ...]]) -> None:
-        out.extend((f'{prefix}.{i}', s, True) for i, s in enumerate(shapes))
-
-    add('backbone.patch_embed', _conv(96, 3, 4, bias=True) + _norm(96))
-    dims = (96, 192, 384, 768)
-    for stage, (depth, heads, c) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24), dims)):
-        for b in range(depth):
-            add(f'backbone.stages.{stage}.blocks.{b}.norm', _norm(c) + _norm(c))
-            out.append((f'backbone.stages.{stage}.blocks.{b}.relative_position_bias_table',
-                        (13 * 13, heads), True))
-            add(f'backbone.stages.{stage}.blocks.{b}', _linear(3 * c, c) + _linear(c, c)
-                + _linear(4 * c, c) + _linear(c, 4 * c))
-        if stage < 3:
-            add(f'backbone.stages.{stage}.downsample.norm', _norm(4 * c))
-            add(f'backbone.stages.{stage}.downsample', _linear(2 * c, 4 * c, bias=False))
-        add(f'backbone.norm{stage}', _norm(c))
-    for i in range(4):
-        add(f'decode_head.psp_modules.{i}', _conv(512, 768, 1) + _norm(512))
-    add('decode_head.bottleneck', _conv(512, 768 + 4 * 512, 3) + _norm(512))
-    for i, c in enumerate(dims[:3]):
-        add(f'decode_head.lateral_convs.{i}', _conv(512, c, 1) + _norm(512))
-        add(f'decode_head.fpn_convs.{i}', _conv(512, 512, 3) + _norm(512))
-    add('decode_head.fpn_bottleneck', _conv(512, 2048, 3) + _norm(512))
-    add('decode_head.conv_seg', _conv(150, 512, 1, bias=True))
-    add('auxiliary_head.convs.0', _conv(256, 384, 3) + _norm(256))
-    add('auxiliary_head.conv_seg', _conv(150, 256, 1, bias=True))
-    return out
-
-
-SYNTHETIC = {'mask_rcnn': mask_rcnn_shapes, 'upernet_swin': upernet_swin_shapes}
-
-
 # ----------------------------------------------------------------------------------------------
 # optimizers over one group per tensor
 
@@ -177,19 +96,13 @@ SYNTHETIC = {'mask_rcnn': mask_rcnn_shapes, 'upernet_swin': upernet_swin_shapes}
 class ParamSet:
     """Makes fresh copies of one parameter set, grouped one tensor per param group."""
 
-    def __init__(self, name: str, synthetic: bool, device: torch.device) -> None:
+    def __init__(self, name: str, device: torch.device) -> None:
         self.name, self.device = name, device
-        self.model: Optional[nn.Module] = None
-        self.paramwise_cfg: dict[str, Any] = {}
-        if not synthetic:
-            self.model, optim_wrapper = build_real_model(name)
-            self.model.to(device)
-            # the config's own paramwise_cfg, or a neutral one: one group per tensor either way
-            self.paramwise_cfg = optim_wrapper.get('paramwise_cfg') or dict(custom_keys={})
-            self.source = f'{CONFIGS[name][1]} (built)'
-        else:
-            self.shapes = SYNTHETIC[name]()
-            self.source = f'{name}: synthetic parameters of the same shapes'
+        self.model, optim_wrapper = build_real_model(name)
+        self.model.to(device)
+        # the config's own paramwise_cfg, or a neutral one: one group per tensor either way
+        self.paramwise_cfg = optim_wrapper.get('paramwise_cfg') or dict(custom_keys={})
+        self.source = f'{CONFIGS[name][1]} (built)'
         first = self.params_and_groups(dict(type='SGD', lr=0.01, weight_decay=0.0))[0]
         self.num_params = sum(p.numel() for p in first)
         self.num_tensors = len(first)
@@ -200,27 +113,15 @@ class ParamSet:
     def params_and_groups(self, optimizer_cfg: dict[str, Any]
                           ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
         """Fresh trainable params, and param groups as mmengine's constructor makes them."""
-        if self.model is not None:
-            from mmengine.optim import DefaultOptimWrapperConstructor
+        from mmengine.optim import DefaultOptimWrapperConstructor
 
-            model = copy.deepcopy(self.model)
-            constructor = DefaultOptimWrapperConstructor(
-                dict(type='OptimWrapper', optimizer=dict(optimizer_cfg)),
-                paramwise_cfg=self.paramwise_cfg)
-            optimizer = constructor(model).optimizer
-            groups = [dict(g) for g in optimizer.param_groups]
-            params = [p for g in groups for p in g['params']]
-            return params, groups
-        weight_decay = optimizer_cfg.get('weight_decay', 0.0)
-        params, groups = [], []
-        gen = torch.Generator().manual_seed(1)
-        for name, shape, trainable in self.shapes:
-            if not trainable:
-                continue
-            p = nn.Parameter(torch.randn(shape, generator=gen).to(self.device))
-            no_decay = len(shape) == 1 or 'norm' in name or 'relative_position' in name
-            params.append(p)
-            groups.append({'params': [p], 'weight_decay': 0.0 if no_decay else weight_decay})
+        model = copy.deepcopy(self.model)
+        constructor = DefaultOptimWrapperConstructor(
+            dict(type='OptimWrapper', optimizer=dict(optimizer_cfg)),
+            paramwise_cfg=self.paramwise_cfg)
+        optimizer = constructor(model).optimizer
+        groups = [dict(g) for g in optimizer.param_groups]
+        params = [p for g in groups for p in g['params']]
         return params, groups
 
     def build(self, cls: type, kwargs: dict[str, Any]) -> tuple[torch.optim.Optimizer,
@@ -337,8 +238,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument('--clock', choices=['wall', 'cpu'], default=None,
                         help="'wall' (default on CUDA) or 'cpu': process CPU time (default on "
                              'CPU, steadier on a shared machine)')
-    parser.add_argument('--synthetic', action='store_true',
-                        help='generated parameters of the same shapes (no mmdet / mmseg)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -348,19 +247,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     def progress(message: str) -> None:
         print(f'[benchmark] {message}', file=sys.stderr, flush=True)
 
-    synthetic = args.synthetic
-    if not synthetic:
-        try:
-            import mmdet  # noqa: F401
-            import mmseg  # noqa: F401
-        except ImportError as error:
-            progress(f'{error}: using synthetic parameters of the same shapes')
-            synthetic = True
     names = list(CONFIGS) if args.model == 'all' else [args.model]
     rows, sources = [], []
     for name in names:
         progress(f'{name}: building the parameter set')
-        param_set = ParamSet(name, synthetic, device)
+        param_set = ParamSet(name, device)
         sources.append(f'- {param_set.source}: {param_set.num_tensors} trainable tensors '
                        f'(one param group each), {param_set.num_params / 1e6:.1f} M parameters, '
                        f'{param_set.param_bytes / 2**20:.0f} MB')
