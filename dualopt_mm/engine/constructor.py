@@ -23,6 +23,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMI
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from ..optim.hyperparams import (
+    REVIEW_DEFAULTS,
     anchor_dtype_name,
     check_k_unit,
     check_level_range,
@@ -45,7 +46,7 @@ from .layer_index import (
     dense_layer_ids,
     rules_by_module,
 )
-from .report import REVIEW_DEFAULTS, format_table, level_rows
+from .report import format_table, level_rows
 from .zero import DualOptZeroRedundancyOptimizer
 
 #: ``paramwise_cfg['dualopt']`` keys forwarded to the optimizer (its ``defaults``).

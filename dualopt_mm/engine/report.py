@@ -1,7 +1,7 @@
 """The per-tensor level report shared by the constructor (log table) and the hook (JSON file).
 
 One row per tensor of the optimizer, with the keys of ``<log_dir>/dualopt_levels.json``
-(docs/design.md): ``name``, ``block``, ``layer_id``, ``num_layers``, ``level``, ``lr``,
+(docs/integration.md): ``name``, ``block``, ``layer_id``, ``num_layers``, ``level``, ``lr``,
 ``weight_decay``, ``mode``.
 """
 from __future__ import annotations
@@ -12,13 +12,12 @@ from typing import Any, Dict, List, Optional
 from ..optim.hyperparams import REVIEW_DEFAULTS
 from ..optim.levels import layer_level, skips_1d
 
-__all__ = ['REVIEW_DEFAULTS', 'format_table', 'group_level', 'level_rows', 'review_setting',
-           'skips_tensor']
+__all__ = ['format_table', 'group_level', 'level_rows', 'review_setting', 'skips_tensor']
 
 def review_setting(group: Mapping[str, Any], key: str,
                    fallback: Optional[Mapping[str, Any]] = None) -> Any:
     """A review key of ``group``: the group's value, else ``fallback``'s, else the optimizers'
-    default (:data:`dualopt_mm.optim.review.REVIEW_DEFAULTS`)."""
+    default (:data:`dualopt_mm.optim.hyperparams.REVIEW_DEFAULTS`)."""
     if key in group:
         return group[key]
     if fallback is not None and key in fallback:

@@ -49,7 +49,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
-from ...optim.hyperparams import check_k_unit, check_level_range, check_mode
+from ...optim.hyperparams import REVIEW_DEFAULTS, check_k_unit, check_level_range, check_mode
 from ...optim.levels import layer_level, review_weight
 from ...optim.review import apply_review
 from ..constructor import (
@@ -63,7 +63,7 @@ from ..pretrained_weights import (
     pretrained_weights,
     state_dict_of,
 )
-from ..report import REVIEW_DEFAULTS, format_table, review_setting, skips_tensor
+from ..report import format_table, review_setting, skips_tensor
 from ..schedule_peak import peak_lr
 
 #: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
