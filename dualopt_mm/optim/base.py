@@ -68,6 +68,12 @@ def _dtype(name: Optional[str]) -> Optional[torch.dtype]:
     return None if name is None else getattr(torch, name)
 
 
+def _first_few(items: list[str], count: int) -> str:
+    """``'a; b; ... (7 in all)'``: the first ``count`` items of a message list."""
+    more = f'; ... ({len(items)} in all)' if len(items) > count else ''
+    return '; '.join(items[:count]) + more
+
+
 def group_label(group: dict[str, Any], index: int) -> str:
     """``"param group 3 ('backbone.conv1.weight')"``: the index and, when the constructor
     wrote it, the tensor's name."""
@@ -192,8 +198,7 @@ class DualOptOptimizer(Optimizer):
                     group[key] = value
         self._invalidate_levels()
         if differing:
-            shown = '; '.join(differing[:5]) + (f'; ... ({len(differing)} in all)'
-                                                if len(differing) > 5 else '')
+            shown = _first_few(differing, 5)
             warnings.warn(
                 f'DualOpt: the loaded optimizer state keeps its own review settings, which '
                 f'differ from the configured ones: {shown}. To continue with the new values, '
@@ -302,8 +307,7 @@ class DualOptOptimizer(Optimizer):
                         and old[1] != level and not self._hyperparameters_changed:
                     changed.append(f'{old[0]}: {old[1]:.6g} -> {level:.6g}')
         if changed:
-            shown = '; '.join(changed[:4]) + (f'; ... ({len(changed)} in all)'
-                                              if len(changed) > 4 else '')
+            shown = _first_few(changed, 4)
             warnings.warn(
                 f'DualOpt: the tensor-order layer index changed (param groups added, or tensors '
                 f'frozen / unfrozen), so tensors already trained get new review levels: '
