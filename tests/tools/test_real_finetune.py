@@ -44,7 +44,8 @@ def _check_results(results: dict, tasks, methods, seeds) -> None:
     assert len(runs) == len(tasks) * len(methods) * len(seeds)
     for r in runs:
         assert r['task'] in tasks and r['method'] in methods and r['seed'] in seeds
-        keys = [k for k, _, _ in rf.TASK_METRICS[r['task']]] + ['imagenet_top1', 'agreement']
+        keys = [k for k, _, _ in rf.TASK_METRICS[r['task']]] + ['imagenet_top1', 'agreement',
+                                                                 'feature_cos']
         for k in keys:
             v = r['metrics'][k]
             assert math.isfinite(v) and 0 <= v <= (100 if r['task'] == 'seg' else 1), (k, v)

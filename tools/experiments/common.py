@@ -355,6 +355,10 @@ def environment_info(threads: int) -> Dict[str, Any]:
         info['scikit_learn'] = sklearn.__version__
     except ImportError:  # pragma: no cover
         pass
+    # what produced the numbers: commit (and local changes), all library versions, BLAS
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import provenance
+    info['provenance'] = provenance.collect(threads)
     return info
 
 

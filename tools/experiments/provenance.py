@@ -48,7 +48,8 @@ def blas_info() -> Dict[str, str]:
         match = re.search(r'Intel\(R\) oneAPI Math Kernel Library Version ([^\n]+)', config)
         if match:
             info['torch.mkl'] = match.group(1).strip()
-        info['torch.parallel'] = torch.__config__.parallel_info().splitlines()[0].strip()
+        lines = [ln.strip() for ln in torch.__config__.parallel_info().splitlines()]
+        info['torch.parallel'] = '; '.join(ln for ln in lines if ln and ln != 'ATen/Parallel:')
     except Exception as error:  # noqa: BLE001 - provenance must never fail a run
         info['torch'] = f'unavailable: {error}'
     try:

@@ -29,7 +29,8 @@ Methods (same schedule, batches and seeds; each changes one thing of the baselin
 Reported per run: the task metrics; upstream retention, i.e. the fine-tuned backbone put back
 under the original Lite0 ImageNet head (conv_head, bn2, classifier) and scored by top-1 on the
 20 ImageNet images of foolbox and by top-1 agreement with the pretrained model on 44 held-out
-real images (foolbox's CIFAR images, quadrants of NEON ``SOAP_031``); the drift
+real images (foolbox's CIFAR images, quadrants of NEON ``SOAP_031``), and the cosine
+similarity of the backbone's pooled output to the pretrained one on those 64 images; the drift
 ``‖θ − θ_0‖/‖θ_0‖`` of every backbone block. Tables: mean ± std over seeds and paired
 (seed-by-seed) deltas to ``stock``, for the defaults and for each method's knob selected on
 the validation split (sweep on ``--sweep-seeds``, then the selected value on all seeds).
@@ -42,7 +43,8 @@ Examples::
 
     python tools/experiments/real_finetune.py --threads 1 --out-dir work_dirs/real_finetune
     python tools/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~3 minutes
-    python tools/experiments/real_finetune.py --render docs/results/real_finetune.json
+    python tools/experiments/real_finetune.py --render docs/results/real_finetune.json \\
+        --plot docs/images/real_finetune_drift.png --update-readme README.md
 """
 from __future__ import annotations
 
@@ -100,7 +102,9 @@ TASK_METRICS = {
 }
 RETENTION_METRICS = [('imagenet_top1', 'ImageNet top-1 (20 img, old head)', 100),
                      ('agreement', 'agreement w/ pretrained (44 img)', 100),
+                     ('feature_cos', 'feature cosine to pretrained', 1),
                      ('drift_all', 'backbone drift', 1)]
+README_BEGIN, README_END = '<!-- real_finetune:begin -->', '<!-- real_finetune:end -->'
 PAIRED = {'det': ['test_in', 'test_cross'], 'seg': ['test', 'test_shifted']}
 
 
@@ -226,18 +230,34 @@ class Retention:
         pretrained = convert_lite0.classifier_from_checkpoint(self.ckpt)
         self.base_in = convert_lite0.predict(pretrained, self.x_in)
         self.base_held = convert_lite0.predict(pretrained, self.x_held)
+        self.base_feat = self.features(pretrained)
+
+    def features(self, model) -> Any:
+        """Global-average-pooled backbone output (after the last block, before the old head's
+        ``conv_head``) of all 64 images: 320-d per image."""
+        import torch
+        x = torch.cat([self.x_in, self.x_held])
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), 16):
+                h = model.bn1(model.conv_stem(x[i:i + 16]))
+                out.append(model.blocks(h).mean((2, 3)))
+        return torch.cat(out)
 
     def __call__(self, backbone_state: Dict[str, Any]) -> Dict[str, float]:
         import convert_lite0
+        import torch
         model = convert_lite0.classifier_from_checkpoint(self.ckpt, backbone_state)
         pred_in = convert_lite0.predict(model, self.x_in)
         pred_held = convert_lite0.predict(model, self.x_held)
+        cos = torch.nn.functional.cosine_similarity(self.features(model), self.base_feat, dim=1)
         return {'imagenet_top1': float((pred_in == self.y_in).float().mean()),
-                'agreement': float((pred_held == self.base_held).float().mean())}
+                'agreement': float((pred_held == self.base_held).float().mean()),
+                'feature_cos': float(cos.mean())}
 
     def pretrained(self) -> Dict[str, float]:
         return {'imagenet_top1': float((self.base_in == self.y_in).float().mean()),
-                'agreement': 1.0, 'drift_all': 0.0}
+                'agreement': 1.0, 'feature_cos': 1.0, 'drift_all': 0.0}
 
 
 def evaluate(runner, cfg, task: str, paths: Dict[str, Path], args: argparse.Namespace
@@ -459,7 +479,7 @@ def table(results: Dict[str, Any], task: str, tuned: bool) -> str:
         cells = [METHOD_TITLE[method], f'{KNOB[method]}={values[method]:g}']
         for key, _, scale in metrics:
             cells.append(fmt([r['metrics'][key] for r in rs], scale,
-                             3 if key == 'drift_all' else 1))
+                             3 if key in ('drift_all', 'feature_cos') else 1))
         base = [find(runs, task, 'stock', values.get('stock', 0), s) for s in seeds]
         for key in deltas:
             scale = dict((k, s) for k, _, s in TASK_METRICS[task])[key]
@@ -506,6 +526,16 @@ def render(results: Dict[str, Any]) -> str:
         out += ['', f'Drift ‖θ − θ₀‖/‖θ₀‖ per backbone stage, {task}, defaults (mean over seeds):',
                 '', drift_table(results, task)]
     return '\n'.join(out) + '\n'
+
+
+def update_readme(path: Path, text: str) -> None:
+    """Replace what lies between the README markers by ``text`` (the rendered tables)."""
+    readme = path.read_text()
+    if README_BEGIN not in readme or README_END not in readme:
+        raise ValueError(f'{path} has no {README_BEGIN} ... {README_END} section')
+    head, rest = readme.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    path.write_text(f'{head}{README_BEGIN}\n{text.rstrip(chr(10))}\n{README_END}{tail}')
 
 
 def plot_drift(results: Dict[str, Any], path: Path) -> Optional[Path]:
@@ -568,6 +598,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--render', metavar='RESULTS_JSON',
                         help='print the tables of a results file and exit')
     parser.add_argument('--plot', metavar='PNG', help='with --render: also write the drift plot')
+    parser.add_argument('--update-readme', metavar='README',
+                        help='with --render: replace the text between the README markers '
+                             f'{README_BEGIN} and {README_END} by the rendered tables')
     args = parser.parse_args(argv)
     if args.quick:
         given = sys.argv[1:] if argv is None else list(argv)
@@ -588,9 +621,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.render:
         with open(args.render) as f:
             results = json.load(f)
-        print(render(results), end='')
+        text = render(results)
+        print(text, end='')
         if args.plot:
             plot_drift(results, Path(args.plot))
+        if args.update_readme:
+            update_readme(Path(args.update_readme), text)
         return results
     os.environ.setdefault('MPLBACKEND', 'Agg')
     out = Path(args.out_dir)
