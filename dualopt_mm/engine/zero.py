@@ -22,8 +22,10 @@ What is kept: every group (one tensor each, from the constructor) carries its ``
 ``layer_id`` and ``num_layers`` to whichever rank owns the tensor, so levels do not depend on
 the partition. A reviewed group without an explicit ``layer_id`` / ``num_layers`` (an index by
 tensor position) would be numbered per rank, and is refused. ``state_dict()`` consolidates
-every rank's state (mmengine's checkpoint hook saves it from rank 0); ``load_state_dict`` of
-that consolidated dict gives each rank back its own shard, θ_0 included: resume is exact.
+every rank's state; ``load_state_dict`` of that consolidated dict gives each rank back its
+own shard, θ_0 included: resume is exact. mmengine saves checkpoints on rank 0 only, so add
+:class:`ZeroConsolidateHook` to ``custom_hooks`` (it gathers the shards on all ranks right
+before each CheckpointHook save).
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from typing import Any, Iterable, List, Optional, Tuple
 
 import torch
 from mmengine.dist import is_main_process
-from mmengine.registry import OPTIMIZERS
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.optim import OptimWrapperDict
+from mmengine.registry import HOOKS, OPTIMIZERS
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from ..optim.levels import layer_level
@@ -90,7 +94,9 @@ class DualOptZeroRedundancyOptimizer(ZeroRedundancyOptimizer):
         local = {id(p) for g in self.optim.param_groups for p in g['params']}
         if params is not None:
             params = [p for p in params if id(p) in local]
-        return self.optim.capture_anchors(params)
+        count = self.optim.capture_anchors(params)
+        self._expose_anchors()
+        return count
 
     def review_levels(self) -> List[Tuple[torch.Tensor, Optional[int], Optional[int], float]]:
         """Per tensor of *all* ranks, in group order: ``(param, layer_id, num_layers, k_i)``,
@@ -113,8 +119,90 @@ class DualOptZeroRedundancyOptimizer(ZeroRedundancyOptimizer):
                 rows.append((p, layer_id, num_layers, level))
         return rows
 
+    # -- checkpoints ----------------------------------------------------------------------
+    def step(self, closure: Any = None, **kwargs: Any) -> Any:
+        loss = super().step(closure, **kwargs)
+        self._steps = getattr(self, '_steps', 0) + 1
+        self._expose_anchors()
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Each rank keeps its own shard (θ_0 included) in the local optimizer; the copy of
+        the whole state torch's ZeRO leaves in the wrapper (``None`` for other ranks' tensors)
+        is dropped, so memory stays sharded."""
+        super().load_state_dict(state_dict)
+        self.state.clear()
+        self._expose_anchors()
+
+    def _expose_anchors(self) -> None:
+        """This rank's θ_0 tensors also under ``self.state[p]['anchor']`` (the same tensors,
+        no copy), where WeightRollbackHook reads them for its drift logs (so each rank logs
+        the drift of its own shard)."""
+        for group in self.optim.param_groups:
+            for p in group['params']:
+                anchor = self.optim.state.get(p, {}).get('anchor')
+                if anchor is not None:
+                    self.state[p] = {'anchor': anchor}
+
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """Gather every rank's shard on rank ``to`` (a collective: all ranks call it)."""
+        super().consolidate_state_dict(to)
+        self._consolidated_at = getattr(self, '_steps', 0)
+
     def state_dict(self) -> dict:
-        """Consolidate every rank's shard on rank 0 and return it there (``{}`` elsewhere),
-        as mmengine's ``ZeroRedundancyOptimizer`` does; a collective: call it on all ranks."""
-        self.consolidate_state_dict()
+        """The consolidated state on rank 0 (``{}`` elsewhere).
+
+        Gathering the shards is a collective, while mmengine saves checkpoints on rank 0 only
+        (``Runner.save_checkpoint`` is ``master_only``): mmengine's own ZeRO optimizer
+        deadlocks there. Here the shards must have been gathered since the last step, by
+        :class:`ZeroConsolidateHook` (before each CheckpointHook save) or by calling
+        :meth:`consolidate_state_dict` on all ranks; otherwise a RuntimeError says so instead
+        of hanging. A single process consolidates by itself.
+        """
+        if getattr(self, '_consolidated_at', None) != getattr(self, '_steps', 0):
+            if self.world_size > 1:
+                raise RuntimeError(
+                    'DualOptZeroRedundancyOptimizer.state_dict(): the optimizer state is '
+                    'sharded and was not gathered since the last step (mmengine saves '
+                    "checkpoints on rank 0 only). Add custom_hooks=[dict(type="
+                    "'ZeroConsolidateHook')], or call consolidate_state_dict() on all ranks "
+                    'before saving')
+            self.consolidate_state_dict()
         return super().state_dict() if is_main_process() else {}
+
+
+@HOOKS.register_module()
+class ZeroConsolidateHook(Hook):
+    """Gathers the shards of every ZeRO optimizer on all ranks right before CheckpointHook
+    saves (same schedule), so that rank 0's ``state_dict()`` has the whole state.
+
+    Add it to ``custom_hooks`` with a ZeRO optimizer; it runs at priority LOW, before
+    CheckpointHook (VERY_LOW).
+    """
+
+    priority = 'LOW'
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None,
+                         outputs: Any = None) -> None:
+        self._consolidate_if_saving(runner, by_epoch=False)
+
+    def after_train_epoch(self, runner) -> None:
+        self._consolidate_if_saving(runner, by_epoch=True)
+
+    def _consolidate_if_saving(self, runner, by_epoch: bool) -> None:
+        hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+        if hook is None or hook.by_epoch != by_epoch:
+            return
+        if by_epoch:
+            due = hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
+                hook.save_last and hook.is_last_train_epoch(runner))
+        else:
+            due = hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
+                hook.save_last and hook.is_last_train_iter(runner))
+        if not due:
+            return
+        wrappers = runner.optim_wrapper.values() if isinstance(
+            runner.optim_wrapper, OptimWrapperDict) else [runner.optim_wrapper]
+        for wrapper in wrappers:
+            if isinstance(wrapper.optimizer, ZeroRedundancyOptimizer):
+                wrapper.optimizer.consolidate_state_dict()

@@ -64,7 +64,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     saved = os.path.join(out, 'checkpoint.pt')
     for t in range(STEPS):
         if t == SAVE_AT:
-            state = optimizer.state_dict()  # collective: consolidated on rank 0
+            optimizer.consolidate_state_dict()  # collective: gathered on rank 0
+            state = optimizer.state_dict()
             if rank == 0:
                 torch.save(dict(model=model.state_dict(), optimizer=state), saved)
         _step(model, optimizer, t)
@@ -139,3 +140,63 @@ def test_zero_refuses_reviewed_groups_without_layer_ids():
     with pytest.raises(ValueError, match='no layer_id / num_layers.*OptimWrapperConstructor'):
         DualOptZeroRedundancyOptimizer([dict(params=list(model.parameters()))],
                                        optimizer_type='DualOptAdamW', lr=1e-3)
+
+
+ZERO_SGD = dict(type='ZeroRedundancyOptimizer', optimizer_type='SGD', lr=0.1, momentum=0.9,
+                weight_decay=1e-4)
+
+
+def _runner_worker(rank: int, port: int, work_dir: str, checkpoint: str) -> None:
+    from engine_runner import make_toy_runner, model_state
+
+    from dualopt_mm.compat import patch_mmengine_for_cpu_ddp
+    from dualopt_mm.engine.zero import DualOptZeroRedundancyOptimizer
+
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE='2')
+    torch.set_num_threads(1)
+    patch_mmengine_for_cpu_ddp()
+    runs = {}
+    for name, iters, load_from, resume in (
+            ('full', 4, checkpoint, False), ('part', 2, checkpoint, False),
+            ('part', 4, os.path.join(work_dir, 'part', 'iter_2.pth'), True)):
+        runner = make_toy_runner(os.path.join(work_dir, name), optimizer=ZERO_SGD,
+                                 load_from=load_from, resume=resume, max_iters=iters,
+                                 launcher='pytorch',
+                                 hooks=[dict(type='WeightRollbackHook', interval=1),
+                                        dict(type='ZeroConsolidateHook')])
+        runner.train()
+        dist.barrier()
+        runs[f'{name}{iters}'] = runner
+    optimizer = runs['part4'].optim_wrapper.optimizer
+    assert type(optimizer) is DualOptZeroRedundancyOptimizer
+    local = {g['param_name'] for g in optimizer.optim.param_groups for p in g['params']
+             if 'anchor' in optimizer.optim.state[p]}
+    torch.save(dict(full=model_state(runs['full4']), resumed=model_state(runs['part4']),
+                    local_anchors=local,
+                    anchors={g['param_name']: optimizer.optim.state[p]['anchor']
+                             for g in optimizer.optim.param_groups for p in g['params']
+                             if 'anchor' in optimizer.optim.state[p]}),
+               os.path.join(work_dir, f'rank{rank}.pt'))
+
+
+def test_zero1_in_a_ddp_runner_resumes_exactly(tmp_path):
+    """The mmengine Runner path: DDP (2 gloo ranks), the constructor turning mmengine's
+    ZeroRedundancyOptimizer into DualOpt's, WeightRollbackHook, CheckpointHook saving the
+    consolidated state at iteration 2, resume to 4 == an uninterrupted run to 4."""
+    from test_weight_rollback_hook import pretrained_state, write_checkpoint
+    loaded = pretrained_state(drop=('head', ))
+    checkpoint = write_checkpoint(tmp_path / 'pretrained.pth', loaded)
+    work_dir = str(tmp_path / 'work')
+    os.makedirs(work_dir)
+    mp.spawn(_runner_worker, args=(_free_port(), work_dir, checkpoint), nprocs=2, join=True)
+    ranks = [torch.load(os.path.join(work_dir, f'rank{r}.pt'), weights_only=False)
+             for r in range(2)]
+    for rank in ranks:
+        for name, value in rank['full'].items():
+            assert torch.equal(rank['resumed'][name], value), name
+            assert torch.equal(ranks[0]['full'][name], value), name
+        for name, anchor in rank['anchors'].items():  # θ_0 = the load_from weights
+            assert torch.equal(anchor, loaded[name]), name
+    assert not ranks[0]['local_anchors'] & ranks[1]['local_anchors']
+    assert len(ranks[0]['local_anchors'] | ranks[1]['local_anchors']) == 17  # backbone + neck
