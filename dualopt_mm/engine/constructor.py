@@ -66,7 +66,9 @@ class DualOptOptions:
     """The options of ``paramwise_cfg['dualopt']`` (all optional).
 
     Args:
-        mode: None (the optimizer's ``mode`` kwarg if given, else ``'finetune'``),
+        mode: None (the optimizer's ``mode`` kwarg if given, else ``'finetune'`` when the
+            config names pretrained weights and ``'scratch'`` when it names none anywhere,
+            see :meth:`DualOptOptimWrapperConstructor._decide_mode`),
             ``'finetune'`` (OLOR weight rollback toward the pretrained weights θ_0 of the
             pretrained tensors; the others get the plain optimizer step), ``'scratch'``
             (DualOpt real-time layer-wise weight decay toward 0 of every trainable tensor) or
@@ -582,9 +584,10 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
         blocks = assign_blocks(names, options.layer_index, DEFAULT_RULES,
                                options.get_layer_index)
+        self.index_rules: Dict[str, str] = {}
         if options.layer_index == 'block':
             reviewed = [n for n, g in zip(names, params) if g['mode'] != 'none']
-            #: the rule that indexes each reviewed top-level module ('backbone' -> 'ResNet')
+            # the rule that indexes each reviewed top-level module ('backbone' -> 'ResNet')
             self.index_rules = rules_by_module(reviewed, DEFAULT_RULES, options.get_layer_index)
             generic = sorted(m for m, rule in self.index_rules.items() if rule == 'generic')
             if generic and is_main_process():
@@ -699,8 +702,9 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                   + (f', replacing {self.optimizer_cfg["type"]}' if swapped else '')
                   + (f', lr / weight decay by {self.base_constructor}'
                      if self.base_constructor else '')
-                  + f', mode={self.mode!r}, layer_index={self.options.layer_index!r}, '
-                  f'pretrained={self.options.pretrained!r}):\n')
+                  + f', mode={self.mode!r}, layer_index={self.options.layer_index!r}'
+                  + (f' {self.index_rules}' if getattr(self, 'index_rules', None) else '')
+                  + f', pretrained={self.options.pretrained!r}):\n')
         print_log(header + format_table(level_rows(optimizer.param_groups, fallback)),
                   logger='current')
         if self.base_constructor and self.options.base_constructor is None:
