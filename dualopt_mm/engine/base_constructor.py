@@ -28,13 +28,15 @@ DEFAULT_PARAMWISE_KEYS = ('custom_keys', 'bias_lr_mult', 'bias_decay_mult', 'nor
 
 DEFAULT_CONSTRUCTOR = 'DefaultOptimWrapperConstructor'
 
-#: The layer-wise lr decay constructors shipped upstream: (name, scopes that register it under
-#: that name, the paramwise_cfg keys it reads beyond mmengine's).
+#: The constructors shipped upstream besides mmengine's (the layer-wise lr decay ones and mmseg's
+#: ForceDefault): (name, scopes that register it under that name, the paramwise_cfg keys it
+#: reads beyond mmengine's).
 LAYER_DECAY_CONSTRUCTORS: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ...] = (
     ('LearningRateDecayOptimizerConstructor', ('mmseg', 'mmdet'),
      ('decay_rate', 'decay_type', 'num_layers')),
     ('LayerDecayOptimizerConstructor', ('mmseg',), ('layer_decay_rate', 'num_layers')),
     ('LearningRateDecayOptimWrapperConstructor', ('mmpretrain',), ('layer_decay_rate',)),
+    ('ForceDefaultOptimWrapperConstructor', ('mmseg',), ('force_default_settings',)),
 )
 
 #: Every paramwise_cfg key some known constructor reads (for typo suggestions).
@@ -60,7 +62,8 @@ def infer_base_constructor(paramwise_cfg: dict) -> Optional[str]:
     ``decay_rate`` / ``decay_type``: ``LearningRateDecayOptimizerConstructor`` of the current
     default scope (``mmdet`` or ``mmseg``; mmseg's, which also knows BEiT and MAE, elsewhere);
     ``layer_decay_rate`` with ``num_layers``: mmseg's ``LayerDecayOptimizerConstructor``;
-    ``layer_decay_rate`` alone: mmpretrain's ``LearningRateDecayOptimWrapperConstructor``.
+    ``layer_decay_rate`` alone: mmpretrain's ``LearningRateDecayOptimWrapperConstructor``;
+    ``force_default_settings``: mmseg's ``ForceDefaultOptimWrapperConstructor`` (VPD).
 
     Raises:
         ValueError: a key no known constructor reads (a typo, or the key of a constructor this
@@ -79,6 +82,8 @@ def infer_base_constructor(paramwise_cfg: dict) -> Optional[str]:
         chosen = 'mmseg.LayerDecayOptimizerConstructor'
     elif 'layer_decay_rate' in keys:
         chosen = 'mmpretrain.LearningRateDecayOptimWrapperConstructor'
+    elif 'force_default_settings' in keys:
+        chosen = 'mmseg.ForceDefaultOptimWrapperConstructor'
     allowed = set(DEFAULT_PARAMWISE_KEYS) | {'dualopt'}
     if chosen is not None:
         name = chosen.split('.', 1)[1]

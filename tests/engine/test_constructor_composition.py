@@ -190,3 +190,28 @@ def test_custom_keys_may_carry_optimizer_kwargs_and_far_keys():
         paramwise_cfg=dict(custom_keys={'head': dict(momentum=0.5, note='kept')}))).optimizer
     head = next(g for g in optimizer.param_groups if g['param_name'] == 'head.weight')
     assert head['momentum'] == 0.5 and head['note'] == 'kept'
+
+
+def test_mmseg_force_default_constructor_is_recognised_and_kept():
+    """mmseg's ForceDefaultOptimWrapperConstructor (VPD configs): ``force_default_settings``
+    applies the bias / norm rules on top of custom_keys; the switch keeps it per tensor."""
+    import mmseg.engine  # noqa: F401
+    from mmengine.registry import DefaultScope
+    paramwise_cfg = dict(custom_keys={'backbone': dict(lr_mult=0.1)}, norm_decay_mult=0.0,
+                         force_default_settings=True)
+    optimizer = dict(type='AdamW', lr=1e-3, weight_decay=0.05)
+    model = ToyDetector()
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        stock = build_optim_wrapper(model, dict(
+            constructor='ForceDefaultOptimWrapperConstructor', optimizer=optimizer,
+            paramwise_cfg=paramwise_cfg)).optimizer
+        switched = build_optim_wrapper(model, dict(
+            constructor='DualOptOptimWrapperConstructor', optimizer=optimizer,
+            paramwise_cfg=paramwise_cfg)).optimizer
+    stock_t = {id(p): (g['lr'], g['weight_decay']) for g in stock.param_groups
+               for p in g['params']}
+    switched_t = {id(g['params'][0]): (g['lr'], g['weight_decay'])
+                  for g in switched.param_groups}
+    assert stock_t == switched_t
+    bn = model.backbone.bn1.weight  # custom key *and* the norm rule: force_default_settings
+    assert switched_t[id(bn)] == (pytest.approx(1e-4), 0.0)
