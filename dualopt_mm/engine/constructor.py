@@ -38,6 +38,7 @@ from .base_constructor import (
     resolve_constructor,
     split_groups,
 )
+from .fsdp import check_fsdp, clean_name, is_fsdp
 from .layer_index import (
     DEFAULT_RULES,
     LAYER_INDEX_STRATEGIES,
@@ -46,6 +47,7 @@ from .layer_index import (
     dense_layer_ids,
     rules_by_module,
 )
+from .pretrained import PretrainedSources, preinitialised_prefixes, pretrained_candidates
 from .report import format_table, level_rows
 from .zero import DualOptZeroRedundancyOptimizer
 
@@ -169,179 +171,6 @@ class DualOptOptions:
     def optimizer_kwargs(self) -> Dict[str, Any]:
         """The review hyper-parameters that were given (not None)."""
         return {k: getattr(self, k) for k in OPTIMIZER_KEYS if getattr(self, k) is not None}
-
-
-def pretrained_init_prefixes(model: nn.Module) -> List[str]:
-    """Name prefixes of the modules whose ``init_cfg`` loads a ``Pretrained`` checkpoint."""
-    prefixes = []
-    for module_name, module in model.named_modules():
-        init_cfg = getattr(module, 'init_cfg', None)
-        cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-        for cfg in cfgs:
-            if is_pretrained_init(cfg):
-                prefixes.append(f'{module_name}.' if module_name else '')
-                break
-    return prefixes
-
-
-def is_pretrained_init(cfg: Any) -> bool:
-    """Whether an ``init_cfg`` entry loads a checkpoint: ``type='Pretrained'``, or no type and
-    a ``checkpoint`` key (mmdet's PVT reads ``init_cfg=dict(checkpoint=...)`` itself)."""
-    if not isinstance(cfg, dict):
-        return False
-    init_type = cfg.get('type')
-    if init_type is None:
-        return bool(cfg.get('checkpoint'))
-    return init_type == 'Pretrained' or getattr(init_type, '__name__', None) == 'PretrainedInit'
-
-
-def preinitialised_prefixes(model: nn.Module) -> List[str]:
-    """Name prefixes of the modules that loaded their weights when they were built.
-
-    mmengine marks a module initialised (``_is_init``) when ``init_weights`` ran; before the
-    model's own ``init_weights`` (mmengine's Runner builds the optimizer first) a module so
-    marked filled its weights at construction, e.g. mmpretrain's
-    ``TIMMBackbone(pretrained=True)``. Empty when the model itself is already initialised
-    (FlexibleRunner initialises before building the optimizer): nothing can be told then.
-    """
-    if getattr(model, '_is_init', False):
-        return []
-    prefixes: List[str] = []
-    for module_name, module in model.named_modules():
-        if not module_name or not getattr(module, '_is_init', False):
-            continue
-        prefix = f'{module_name}.'
-        if not any(prefix.startswith(p) for p in prefixes) and any(
-                True for _ in module.parameters()):
-            prefixes.append(prefix)
-    return prefixes
-
-
-def calling_runner() -> Any:
-    """The mmengine ``Runner`` / ``FlexibleRunner`` building the optimizer, or None.
-
-    mmengine builds the optim wrapper from ``Runner.build_optim_wrapper`` without passing the
-    runner on; its ``load_from`` (a pretrained source the model cannot show) is read from the
-    calling frames.
-    """
-    from mmengine.runner import FlexibleRunner, Runner
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get('self')
-            if isinstance(candidate, (Runner, FlexibleRunner)):
-                return candidate
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
-@dataclass
-class PretrainedSources:
-    """Where the pretrained weights of a run come from, as far as the constructor can see.
-
-    Args:
-        init_prefixes: modules whose ``init_cfg`` loads a checkpoint.
-        built_prefixes: modules that loaded weights when built (``TIMMBackbone``).
-        load_from: the runner's ``load_from``.
-        runner_seen: whether a Runner was found (else ``load_from`` is unknown).
-        resume: whether the runner resumes (modes then come from the checkpoint).
-    """
-
-    init_prefixes: List[str]
-    built_prefixes: List[str]
-    load_from: Optional[str]
-    runner_seen: bool
-    resume: bool = False
-
-    @classmethod
-    def find(cls, model: nn.Module) -> PretrainedSources:
-        runner = calling_runner()
-        return cls(init_prefixes=pretrained_init_prefixes(model),
-                   built_prefixes=preinitialised_prefixes(model),
-                   load_from=getattr(runner, '_load_from', None) if runner else None,
-                   runner_seen=runner is not None,
-                   resume=bool(getattr(runner, '_resume', False)) if runner else False)
-
-    @property
-    def any(self) -> bool:
-        return bool(self.init_prefixes or self.built_prefixes or self.load_from)
-
-    @property
-    def none_anywhere(self) -> bool:
-        """True when a runner was seen and nothing pretrained is configured anywhere."""
-        return self.runner_seen and not self.any and not self.resume
-
-    def describe(self) -> str:
-        parts = [f'init_cfg of {p.rstrip(".") or "the model"}' for p in self.init_prefixes]
-        parts += [f'{p.rstrip(".")} (loaded when built)' for p in self.built_prefixes]
-        if self.load_from:
-            parts.append(f'load_from={self.load_from}')
-        return ', '.join(parts) if parts else 'none'
-
-
-def pretrained_candidates(model: nn.Module, names: Sequence[str],
-                          rule: Union[str, Sequence[str]]) -> List[str]:
-    """The names that count as pretrained before any checkpoint is read (finetune mode).
-
-    ``'auto'``: the tensors of modules whose ``init_cfg`` is ``Pretrained``, else those under
-    ``backbone.``, else all; ``'backbone'``; ``'all'``; or a list of name prefixes.
-    """
-    if rule == 'all':
-        return list(names)
-    if rule == 'auto':
-        prefixes = [clean_name(p) for p in
-                    pretrained_init_prefixes(model) + preinitialised_prefixes(model)]
-        prefixes = prefixes or ['backbone.']
-        chosen = [n for n in names if any(n.startswith(p) for p in prefixes)]
-        return chosen if chosen else list(names)
-    prefixes = ['backbone.'] if rule == 'backbone' else list(rule)
-    return [n for n in names if any(n.startswith(p) for p in prefixes)]
-
-
-#: Name components FSDP (and activation checkpointing) insert into parameter names.
-WRAPPER_NAME_PARTS = ('_fsdp_wrapped_module.', '_checkpoint_wrapped_module.')
-
-
-def clean_name(name: str) -> str:
-    """``name`` without the components FSDP wrappers insert (the model's own name)."""
-    for part in WRAPPER_NAME_PARTS:
-        name = name.replace(part, '')
-    return name
-
-
-def is_fsdp(model: nn.Module) -> bool:
-    """Whether ``model`` contains a ``FullyShardedDataParallel`` unit."""
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:  # pragma: no cover - torch without distributed
-        return False
-    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
-
-
-def check_fsdp(model: nn.Module, mode: str, skip_1d: Optional[bool]) -> None:
-    """Refuse the FSDP setups DualOpt cannot run (README, FAQ "FSDP").
-
-    Supported: ``use_orig_params=True`` (the optimizer sees each tensor's local shard under its
-    own name), with ``skip_1d`` False (the default in finetune mode): shards are flat, so a
-    tensor's original rank, which ``skip_1d`` reads, is not visible to the optimizer.
-    """
-    names = [n for n, _ in model.named_parameters()]
-    if any('flat_param' in n for n in names):
-        raise NotImplementedError(
-            'DualOpt under FSDP needs use_orig_params=True (model_wrapper=dict(type='
-            "'MMFullyShardedDataParallel', use_orig_params=True)): with flat parameters the "
-            "optimizer cannot tell the model's tensors apart (names, pretrained split, block "
-            'index). Or shard only the optimizer state with ZeRO-1 (README, FAQ "Large '
-            'backbones")')
-    skips = mode == 'scratch' if skip_1d is None else skip_1d
-    if skips and mode != 'none':
-        raise NotImplementedError(
-            f"DualOpt under FSDP: mode={mode!r} with skip_1d={skip_1d!r} exempts 1-d tensors "
-            'by their rank, but FSDP hands the optimizer flat 1-d shards of every tensor. Set '
-            'paramwise_cfg=dict(dualopt=dict(skip_1d=False)) (and custom_keys '
-            "dict(mode='none') for the norms and biases to exempt), or use DDP / ZeRO-1")
 
 
 def _is_zero(optimizer_cls: type) -> bool:
@@ -571,13 +400,17 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if not isinstance(options.pretrained, str):
             self._check_prefixes(options.pretrained, names, model)
         candidates = set(pretrained_candidates(model, names, options.pretrained))
+        # modules that loaded their weights when built (TIMMBackbone(pretrained=True)) are
+        # pretrained for sure: no checkpoint the hook could read says otherwise
+        built = tuple(clean_name(p) for p in preinitialised_prefixes(model))
         for name, group in zip(names, params):
             group['param_name'] = name
             if 'mode' in group:  # from custom_keys: the user decided
                 group['mode_auto'] = False
             elif self.mode == 'finetune':
                 group['mode'] = 'finetune' if name in candidates else 'none'
-                group['mode_auto'] = options.pretrained == 'auto'
+                group['mode_auto'] = options.pretrained == 'auto' and not (
+                    built and name.startswith(built))
             else:
                 group['mode'] = self.mode
                 group['mode_auto'] = False

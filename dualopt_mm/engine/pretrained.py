@@ -1,4 +1,6 @@
-"""Which tensors a checkpoint filled, and the pretrained weights a config names.
+"""What is pretrained in a run: the sources a config names (``init_cfg`` checkpoints, modules
+that loaded weights when built, ``load_from``), which tensors a checkpoint filled, and the
+pretrained weights themselves (for θ_0 on a resume from another optimizer's state).
 
 The pretrained tensors are the ones a checkpoint really filled: the keys of ``load_from`` (seen
 in the hook's ``after_load_checkpoint``) and of every
@@ -9,18 +11,152 @@ like mmdet's Swin with ``convert_weights=True``) counts as filled entirely, with
 """
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Any, Dict, List, Optional, Set, Tuple
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .constructor import is_pretrained_init, pretrained_init_prefixes
+from .fsdp import clean_name
 
-__all__ = ['checkpoint_tensors_shapes', 'filled_by_init_cfg', 'filled_names',
-           'init_cfg_checkpoints', 'pretrained_weights', 'state_dict_of']
+__all__ = ['PretrainedSources', 'calling_runner', 'checkpoint_tensors_shapes',
+           'filled_by_init_cfg', 'filled_names', 'init_cfg_checkpoints', 'is_pretrained_init',
+           'preinitialised_prefixes', 'pretrained_candidates', 'pretrained_init_prefixes',
+           'pretrained_weights', 'state_dict_of']
+
+
+def pretrained_init_prefixes(model: nn.Module) -> List[str]:
+    """Name prefixes of the modules whose ``init_cfg`` loads a ``Pretrained`` checkpoint."""
+    prefixes = []
+    for module_name, module in model.named_modules():
+        init_cfg = getattr(module, 'init_cfg', None)
+        cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+        for cfg in cfgs:
+            if is_pretrained_init(cfg):
+                prefixes.append(f'{module_name}.' if module_name else '')
+                break
+    return prefixes
+
+
+def is_pretrained_init(cfg: Any) -> bool:
+    """Whether an ``init_cfg`` entry loads a checkpoint: ``type='Pretrained'``, or no type and
+    a ``checkpoint`` key (mmdet's PVT reads ``init_cfg=dict(checkpoint=...)`` itself)."""
+    if not isinstance(cfg, dict):
+        return False
+    init_type = cfg.get('type')
+    if init_type is None:
+        return bool(cfg.get('checkpoint'))
+    return init_type == 'Pretrained' or getattr(init_type, '__name__', None) == 'PretrainedInit'
+
+
+def preinitialised_prefixes(model: nn.Module) -> List[str]:
+    """Name prefixes of the modules that loaded their weights when they were built.
+
+    mmengine marks a module initialised (``_is_init``) when ``init_weights`` ran; before the
+    model's own ``init_weights`` (mmengine's Runner builds the optimizer first) a module so
+    marked filled its weights at construction, e.g. mmpretrain's
+    ``TIMMBackbone(pretrained=True)``. Empty when the model itself is already initialised
+    (FlexibleRunner initialises before building the optimizer): nothing can be told then.
+    """
+    if getattr(model, '_is_init', False):
+        return []
+    prefixes: List[str] = []
+    for module_name, module in model.named_modules():
+        if not module_name or not getattr(module, '_is_init', False):
+            continue
+        prefix = f'{module_name}.'
+        if not any(prefix.startswith(p) for p in prefixes) and any(
+                True for _ in module.parameters()):
+            prefixes.append(prefix)
+    return prefixes
+
+
+def calling_runner() -> Any:
+    """The mmengine ``Runner`` / ``FlexibleRunner`` building the optimizer, or None.
+
+    mmengine builds the optim wrapper from ``Runner.build_optim_wrapper`` without passing the
+    runner on; its ``load_from`` (a pretrained source the model cannot show) is read from the
+    calling frames.
+    """
+    from mmengine.runner import FlexibleRunner, Runner
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get('self')
+            if isinstance(candidate, (Runner, FlexibleRunner)):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+@dataclass
+class PretrainedSources:
+    """Where the pretrained weights of a run come from, as far as the constructor can see.
+
+    Args:
+        init_prefixes: modules whose ``init_cfg`` loads a checkpoint.
+        built_prefixes: modules that loaded weights when built (``TIMMBackbone``).
+        load_from: the runner's ``load_from``.
+        runner_seen: whether a Runner was found (else ``load_from`` is unknown).
+        resume: whether the runner resumes (modes then come from the checkpoint).
+    """
+
+    init_prefixes: List[str]
+    built_prefixes: List[str]
+    load_from: Optional[str]
+    runner_seen: bool
+    resume: bool = False
+
+    @classmethod
+    def find(cls, model: nn.Module) -> PretrainedSources:
+        runner = calling_runner()
+        return cls(init_prefixes=pretrained_init_prefixes(model),
+                   built_prefixes=preinitialised_prefixes(model),
+                   load_from=getattr(runner, '_load_from', None) if runner else None,
+                   runner_seen=runner is not None,
+                   resume=bool(getattr(runner, '_resume', False)) if runner else False)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.init_prefixes or self.built_prefixes or self.load_from)
+
+    @property
+    def none_anywhere(self) -> bool:
+        """True when a runner was seen and nothing pretrained is configured anywhere."""
+        return self.runner_seen and not self.any and not self.resume
+
+    def describe(self) -> str:
+        parts = [f'init_cfg of {p.rstrip(".") or "the model"}' for p in self.init_prefixes]
+        parts += [f'{p.rstrip(".")} (loaded when built)' for p in self.built_prefixes]
+        if self.load_from:
+            parts.append(f'load_from={self.load_from}')
+        return ', '.join(parts) if parts else 'none'
+
+
+def pretrained_candidates(model: nn.Module, names: Sequence[str],
+                          rule: Union[str, Sequence[str]]) -> List[str]:
+    """The names that count as pretrained before any checkpoint is read (finetune mode).
+
+    ``'auto'``: the tensors of modules whose ``init_cfg`` is ``Pretrained``, else those under
+    ``backbone.``, else all; ``'backbone'``; ``'all'``; or a list of name prefixes.
+    """
+    if rule == 'all':
+        return list(names)
+    if rule == 'auto':
+        prefixes = [clean_name(p) for p in
+                    pretrained_init_prefixes(model) + preinitialised_prefixes(model)]
+        prefixes = prefixes or ['backbone.']
+        chosen = [n for n in names if any(n.startswith(p) for p in prefixes)]
+        return chosen if chosen else list(names)
+    prefixes = ['backbone.'] if rule == 'backbone' else list(rule)
+    return [n for n in names if any(n.startswith(p) for p in prefixes)]
 
 
 def checkpoint_tensors_shapes(state_dict: Dict[str, Any], prefix: str = '') -> Dict[str, tuple]:

@@ -283,6 +283,22 @@ class DualOptOptimizer(Optimizer):
             self._resolve_levels(signatures)
             self._warn_changed_levels(before)
 
+    def _warn_tensor_order_per_group(self, implicit: list[int]) -> None:
+        """Say once when many one-tensor groups carry no ``layer_id``: mmengine's constructors
+        (``paramwise_cfg``, layer-wise lr decay) build such groups, and then every tensor gets a
+        level of its own and every group is reviewed, new heads included."""
+        if self.__dict__.get('_warned_tensor_order') or len(implicit) < 8 or not all(
+                len(self.param_groups[gi]['params']) == 1 for gi in implicit):
+            return
+        self._warned_tensor_order = True
+        warnings.warn(
+            f'DualOpt: {len(implicit)} param groups of one tensor each without layer_id (built '
+            f'by an mmengine constructor?): every tensor gets a level of its own (tensor order) '
+            f"and every group is reviewed in mode={self.param_groups[implicit[0]]['mode']!r}, "
+            f'new layers (neck, heads) included. Use optim_wrapper=dict(constructor='
+            f"'DualOptOptimWrapperConstructor') for block levels and the pretrained/new split "
+            f'(it keeps a layer-decay constructor\'s lr and weight decay).', stacklevel=4)
+
     def _stepped_levels(self) -> dict[int, tuple[str, Optional[float]]]:
         """The current level of every tensor that has been stepped (has state), by id."""
         levels: dict[int, tuple[str, Optional[float]]] = {}
@@ -341,6 +357,7 @@ class DualOptOptimizer(Optimizer):
                 f'them (then the index is the tensor order)')
         inferred_num_layers = 1 + max((groups[gi]['layer_id'] for gi in explicit), default=-1)
         num_implicit = sum(sum(reviewed[gi]) for gi in implicit)
+        self._warn_tensor_order_per_group(implicit)
 
         levels, layer_ids, max_levels = [], [], []
         position = 0

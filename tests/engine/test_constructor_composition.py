@@ -14,7 +14,7 @@ from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 
 import dualopt_mm.engine  # noqa: F401
-from dualopt_mm.engine.constructor import is_pretrained_init, pretrained_init_prefixes
+from dualopt_mm.engine.pretrained import is_pretrained_init, pretrained_init_prefixes
 from dualopt_mm.optim.levels import layer_level
 
 pytest.importorskip('mmdet')

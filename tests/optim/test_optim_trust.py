@@ -235,3 +235,17 @@ def test_sgd_sparse_gradients_match_torch_then_review(momentum):
     opt.step()
     assert torch.equal(opt.state[ours.weight]['anchor'], pretrained)
     torch.testing.assert_close(ours.weight.detach(), stepped - 0.5 * (stepped - pretrained))
+
+
+def test_mmengine_style_groups_without_layer_ids_are_named():
+    """Eight or more one-tensor groups without layer_id: what mmengine's constructors build
+    when only the optimizer type is switched (layer-decay configs): said once."""
+    params = _params(*[(2, 2)] * 8)
+    opt = DualOptSGD([{'params': [p]} for p in params], lr=0.1)
+    _grads(params)
+    with pytest.warns(UserWarning, match=r"8 param groups of one tensor each without layer_id"
+                                         r".*DualOptOptimWrapperConstructor"):
+        opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        opt.step()

@@ -52,14 +52,12 @@ from mmengine.registry import HOOKS
 from ...optim.hyperparams import REVIEW_DEFAULTS, check_k_unit, check_level_range, check_mode
 from ...optim.levels import layer_level, review_weight
 from ...optim.review import apply_review
-from ..constructor import (
-    assign_layer_ids,
-    pretrained_candidates,
-)
+from ..constructor import assign_layer_ids
 from ..layer_index import LAYER_INDEX_STRATEGIES, assign_blocks, dense_layer_ids
-from ..pretrained_weights import (
+from ..pretrained import (
     checkpoint_tensors_shapes,
     filled_names,
+    pretrained_candidates,
     pretrained_weights,
     state_dict_of,
 )
@@ -346,6 +344,9 @@ class WeightRollbackHook(Hook):
         if not auto:
             return
         if filled is None:
+            if any(g['mode'] == 'finetune' and not g.get('mode_auto')
+                   for g in optimizer.param_groups):
+                return  # pretrained decided at build time (modules that loaded weights then)
             print_log(
                 "pretrained='auto' but no checkpoint is configured (no load_from, no "
                 "init_cfg=Pretrained): fine-tuning anchors are the initial weights of the "
