@@ -85,12 +85,28 @@ def test_torch_kwargs_of_the_replaced_optimizers_are_accepted():
             assert name in ours_params, f'{ours.__name__} lacks torch kwarg {name!r}'
 
 
-def test_constructor_and_hook_options():
+CONSTRUCTOR_KEYS = dict(mode='finetune', pretrained='auto', layer_index='block',
+                        get_layer_index=None, swap_optimizer=True, base_constructor=None,
+                        k_max=0.02, k_min=0.001, gamma=2.0, k_unit='absolute', reverse=True,
+                        skip_1d=True, anchor_dtype='bfloat16')
+HOOK_KEYS = dict(interval=10, review=False, check_lambda='warn', refine_pretrained=True,
+                 write_levels=True, mode='finetune', pretrained='auto', layer_index='block',
+                 k_max=0.02, k_min=0.001, gamma=2.0, k_unit='absolute', reverse=True,
+                 skip_1d=True)
+
+
+def test_constructor_and_hook_config_keys():
+    """Every documented key of ``paramwise_cfg.dualopt`` and of the hook is accepted."""
     from dualopt_mm.engine import DualOptOptions, WeightRollbackHook
 
-    options = {f.name for f in __import__('dataclasses').fields(DualOptOptions)}
-    assert {'mode', 'pretrained', 'layer_index', 'get_layer_index', 'swap_optimizer',
-            'k_max', 'k_min', 'gamma', 'k_unit', 'reverse', 'skip_1d'} <= options
-    hook_args = set(inspect.signature(WeightRollbackHook.__init__).parameters)
-    assert {'interval', 'review', 'check_lambda', 'refine_pretrained', 'write_levels', 'mode',
-            'pretrained', 'layer_index'} <= hook_args
+    options = DualOptOptions.from_cfg(CONSTRUCTOR_KEYS)
+    assert options.k_max == 0.02 and options.anchor_dtype == 'bfloat16'
+    assert options.optimizer_kwargs() == dict(k_max=0.02, k_min=0.001, gamma=2.0,
+                                              k_unit='absolute', reverse=True, skip_1d=True,
+                                              anchor_dtype='bfloat16')
+    with pytest.raises(ValueError, match="did you mean 'k_max'"):
+        DualOptOptions.from_cfg(dict(k_maxx=0.1))
+    hook = WeightRollbackHook(**HOOK_KEYS)
+    assert hook.settings['k_max'] == 0.02 and hook.settings['k_unit'] == 'absolute'
+    with pytest.raises(TypeError, match="did you mean 'k_max'"):
+        WeightRollbackHook(k_maxx=0.1)

@@ -11,7 +11,7 @@ import copy
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -22,13 +22,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from ..optim.hyperparams import (
-    REVIEW_DEFAULTS,
-    anchor_dtype_name,
-    check_k_unit,
-    check_level_range,
-    check_mode,
-)
+from ..optim.hyperparams import REVIEW_DEFAULTS, check_mode, check_review_group
 from .base_constructor import (
     DEFAULT_CONSTRUCTOR,
     DEFAULT_PARAMWISE_KEYS,
@@ -52,7 +46,10 @@ from .report import format_table, level_rows
 from .zero import DualOptZeroRedundancyOptimizer
 
 #: ``paramwise_cfg['dualopt']`` keys forwarded to the optimizer (its ``defaults``).
-OPTIMIZER_KEYS = ('k_max', 'k_min', 'gamma', 'k_unit', 'reverse', 'skip_1d', 'anchor_dtype')
+#: The review hyper-parameters ``paramwise_cfg.dualopt`` passes on to the optimizer (the
+#: others, ``mode`` and the layer keys, the constructor decides per group).
+OPTIMIZER_KEYS = tuple(k for k in REVIEW_DEFAULTS
+                       if k not in ('mode', 'layer_id', 'num_layers', 'base_lr'))
 
 PRETRAINED_RULES = ('auto', 'backbone', 'all')
 
@@ -96,8 +93,10 @@ class DualOptOptions:
             constructor, ...). None: recognised from the layer-decay keys of ``paramwise_cfg``
             (:func:`~dualopt_mm.engine.base_constructor.infer_base_constructor`), else
             mmengine's default constructor.
-        k_max, k_min, gamma, k_unit, reverse, skip_1d, anchor_dtype: the optimizer's review
-            hyper-parameters (docs/design.md); None keeps the optimizer's own default. They
+        review: the optimizer's review hyper-parameters given here, by their own names
+            (``k_max``, ``k_min``, ``gamma``, ``k_unit``, ``reverse``, ``skip_1d``,
+            ``anchor_dtype``: :mod:`dualopt_mm.optim.hyperparams`), e.g.
+            ``paramwise_cfg.dualopt.k_max=0.02``; the others keep the optimizer's value. They
             may equally be given in ``optimizer=dict(...)``; giving both different values is
             an error.
     """
@@ -108,27 +107,31 @@ class DualOptOptions:
     get_layer_index: Optional[GetLayerIndex] = None
     swap_optimizer: bool = True
     base_constructor: Optional[str] = None
-    k_max: Optional[float] = None
-    k_min: Optional[float] = None
-    gamma: Optional[float] = None
-    k_unit: Optional[str] = None
-    reverse: Optional[bool] = None
-    skip_1d: Optional[bool] = None
-    anchor_dtype: Optional[str] = None
+    review: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> DualOptOptions:
-        """Build from ``paramwise_cfg['dualopt']``; ValueError on an unknown key or value."""
+        """Build from ``paramwise_cfg['dualopt']`` (review hyper-parameters by their own names);
+        ValueError on an unknown key or value."""
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.name != 'review'} | set(OPTIMIZER_KEYS)
         unknown = sorted(set(cfg) - known)
         if unknown:
             hints = ''.join(did_you_mean(key, sorted(known)) for key in unknown)
             raise ValueError(f'unknown paramwise_cfg.dualopt keys {unknown}{hints}: allowed are '
                              f'{sorted(known)}')
-        options = cls(**cfg)
+        review = {k: cfg.pop(k) for k in OPTIMIZER_KEYS if k in cfg and cfg[k] is not None}
+        for key in OPTIMIZER_KEYS:
+            cfg.pop(key, None)
+        options = cls(review=review, **cfg)
         options.validate()
         return options
+
+    def __getattr__(self, name: str) -> Any:
+        """``options.k_max`` etc.: the given review value, None when not given."""
+        if name in OPTIMIZER_KEYS:
+            return self.__dict__.get('review', {}).get(name)
+        raise AttributeError(name)
 
     def validate(self) -> None:
         """Refuse bad values, naming them and what is allowed."""
@@ -157,20 +160,12 @@ class DualOptOptions:
         if not isinstance(self.swap_optimizer, bool):
             raise ValueError(f'paramwise_cfg.dualopt.swap_optimizer={self.swap_optimizer!r} '
                              'must be a bool')
-        check_level_range(*(REVIEW_DEFAULTS[k] if getattr(self, k) is None else getattr(self, k)
-                            for k in ('k_max', 'k_min', 'gamma')), 'paramwise_cfg.dualopt')
-        if self.k_unit is not None:
-            check_k_unit(self.k_unit, 'paramwise_cfg.dualopt.k_unit')
-        for name in ('reverse', 'skip_1d'):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f'paramwise_cfg.dualopt.{name}={value!r} must be None or a '
-                                 'bool')
-        anchor_dtype_name(self.anchor_dtype, 'paramwise_cfg.dualopt.anchor_dtype')
+        # the optimizers' own validation, on the defaults completed by what was given
+        check_review_group({**REVIEW_DEFAULTS, **self.review}, 'paramwise_cfg.dualopt')
 
     def optimizer_kwargs(self) -> Dict[str, Any]:
         """The review hyper-parameters that were given (not None)."""
-        return {k: getattr(self, k) for k in OPTIMIZER_KEYS if getattr(self, k) is not None}
+        return dict(self.review)
 
 
 def _is_zero(optimizer_cls: type) -> bool:

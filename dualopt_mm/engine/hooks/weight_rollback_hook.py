@@ -49,7 +49,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
-from ...optim.hyperparams import REVIEW_DEFAULTS, check_k_unit, check_level_range, check_mode
+from ...optim.hyperparams import REVIEW_DEFAULTS, check_mode, check_review_group, review_kwargs
 from ...optim.levels import layer_level, review_weight
 from ...optim.review import apply_review
 from ..constructor import assign_layer_ids
@@ -140,8 +140,9 @@ class WeightRollbackHook(Hook):
             is configured: ``'auto'`` (modules with ``init_cfg=Pretrained``, else
             ``backbone.*``, else all), ``'backbone'``, ``'all'`` or a list of name prefixes.
         layer_index: for such groups, the layer index strategy, ``'block'`` or ``'tensor'``.
-        k_max, k_min, gamma, k_unit, reverse, skip_1d: review hyper-parameters used where the
-            param group has no such key (non-DualOpt optimizers). Defaults: docs/design.md.
+        **hyperparameters: review hyper-parameters (``k_max``, ``k_min``, ``gamma``, ``k_unit``,
+            ``reverse``, ``skip_1d``: :mod:`dualopt_mm.optim.hyperparams`) used where the param
+            group has no such key (non-DualOpt optimizers).
     """
 
     priority = 'NORMAL'  # before LoggerHook (BELOW_NORMAL): drift is logged the same iteration
@@ -155,12 +156,7 @@ class WeightRollbackHook(Hook):
                  mode: str = 'finetune',
                  pretrained: Any = 'auto',
                  layer_index: str = 'block',
-                 k_max: Optional[float] = None,
-                 k_min: Optional[float] = None,
-                 gamma: Optional[float] = None,
-                 k_unit: Optional[str] = None,
-                 reverse: Optional[bool] = None,
-                 skip_1d: Optional[bool] = None) -> None:
+                 **hyperparameters: Any) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
             raise ValueError(f'interval={interval!r} must be an int >= 0 (0: no drift logging)')
         if check_lambda not in LAMBDA_CHECKS:
@@ -178,14 +174,13 @@ class WeightRollbackHook(Hook):
                  and all(isinstance(p, str) for p in pretrained))):
             raise ValueError(f'pretrained={pretrained!r}: allowed are "auto", "backbone", '
                              '"all" or a list of name prefixes')
-        self.settings: Dict[str, Any] = dict(REVIEW_DEFAULTS, mode=mode)
-        for key, value in dict(k_max=k_max, k_min=k_min, gamma=gamma, k_unit=k_unit,
-                               reverse=reverse, skip_1d=skip_1d).items():
-            if value is not None:
-                self.settings[key] = value
-        check_level_range(self.settings['k_max'], self.settings['k_min'],
-                          self.settings['gamma'], 'WeightRollbackHook')
-        check_k_unit(self.settings['k_unit'], 'WeightRollbackHook k_unit')
+        given = {k: v for k, v in hyperparameters.items() if v is not None}
+        if set(given) & {'mode', 'layer_id', 'num_layers', 'base_lr', 'anchor_dtype'}:
+            raise TypeError(f'WeightRollbackHook takes mode as its own argument and no '
+                            f'{sorted(set(given) - {"mode"})}: those are per-group keys')
+        self.settings: Dict[str, Any] = review_kwargs(dict(given, mode=mode),
+                                                      'WeightRollbackHook')
+        check_review_group(self.settings, 'WeightRollbackHook')
         self.interval = interval
         self.review = review
         self.check_lambda = check_lambda
