@@ -14,12 +14,13 @@ known layer-decay constructor reads is refused, naming the close match and the l
 """
 from __future__ import annotations
 
-import difflib
 import importlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, DefaultScope
+
+from ..optim.hyperparams import did_you_mean
 
 #: ``paramwise_cfg`` keys of mmengine's ``DefaultOptimWrapperConstructor``.
 DEFAULT_PARAMWISE_KEYS = ('custom_keys', 'bias_lr_mult', 'bias_decay_mult', 'norm_decay_mult',
@@ -42,17 +43,6 @@ LAYER_DECAY_CONSTRUCTORS: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ..
 #: Every paramwise_cfg key some known constructor reads (for typo suggestions).
 KNOWN_PARAMWISE_KEYS = tuple(sorted(set(DEFAULT_PARAMWISE_KEYS).union(
     *(keys for _, _, keys in LAYER_DECAY_CONSTRUCTORS))))
-
-
-def close_matches(word: str, candidates: Sequence[str], cutoff: float = 0.75) -> List[str]:
-    """``difflib.get_close_matches`` of ``word`` among ``candidates`` (at most 3)."""
-    return difflib.get_close_matches(word, list(candidates), n=3, cutoff=cutoff)
-
-
-def did_you_mean(word: str, candidates: Sequence[str], cutoff: float = 0.75) -> str:
-    """`` (did you mean 'x'?)`` or ''."""
-    matches = close_matches(word, candidates, cutoff)
-    return f' (did you mean {" or ".join(map(repr, matches))}?)' if matches else ''
 
 
 def infer_base_constructor(paramwise_cfg: dict) -> Optional[str]:

@@ -22,12 +22,16 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from ..optim.hyperparams import REVIEW_DEFAULTS, check_mode, check_review_group
+from ..optim.hyperparams import (
+    REVIEW_DEFAULTS,
+    check_mode,
+    check_review_group,
+    close_matches,
+    did_you_mean,
+)
 from .base_constructor import (
     DEFAULT_CONSTRUCTOR,
     DEFAULT_PARAMWISE_KEYS,
-    close_matches,
-    did_you_mean,
     infer_base_constructor,
     resolve_constructor,
     split_groups,

@@ -75,12 +75,17 @@ def _where(where: str) -> str:
     return f' ({where})' if where else ''
 
 
-def did_you_mean(value: Any, allowed: Iterable[Any], cutoff: float = 0.4) -> str:
-    """``"; did you mean 'x'?"`` for the closest allowed string, or ``''``."""
-    if not isinstance(value, str):
-        return ''
-    match = difflib.get_close_matches(value, [str(a) for a in allowed], n=1, cutoff=cutoff)
-    return f'; did you mean {match[0]!r}?' if match else ''
+def close_matches(word: Any, candidates: Iterable[Any], cutoff: float = 0.75) -> list[str]:
+    """The candidates (at most 3) close to ``word`` (``difflib``); none for a non-string."""
+    if not isinstance(word, str):
+        return []
+    return difflib.get_close_matches(word, [str(c) for c in candidates], n=3, cutoff=cutoff)
+
+
+def did_you_mean(word: Any, candidates: Iterable[Any], cutoff: float = 0.75) -> str:
+    """``" (did you mean 'x'?)"`` for the close candidates of a misspelt name, or ``''``."""
+    matches = close_matches(word, candidates, cutoff)
+    return f' (did you mean {" or ".join(map(repr, matches))}?)' if matches else ''
 
 
 def check_unknown_keys(keys: Iterable[str], known: Iterable[str], where: str = '') -> None:
@@ -150,14 +155,14 @@ def check_layer(layer_id: Any, num_layers: Any, where: str = '') -> None:
 def check_mode(mode: Any, where: str = '') -> None:
     if mode not in MODES:
         raise ValueError(f'unknown mode {mode!r}: allowed are {", ".join(map(repr, MODES))} '
-                         f'(anchor a = theta_0, a = 0, no review){did_you_mean(mode, MODES)}'
+                         f'(anchor a = theta_0, a = 0, no review){did_you_mean(mode, MODES, 0.4)}'
                          f'{_where(where)}')
 
 
 def check_k_unit(k_unit: Any, where: str = '') -> None:
     if k_unit not in K_UNITS:
         raise ValueError(f'unknown k_unit {k_unit!r}: allowed are '
-                         f'{", ".join(map(repr, K_UNITS))}{did_you_mean(k_unit, K_UNITS)}'
+                         f'{", ".join(map(repr, K_UNITS))}{did_you_mean(k_unit, K_UNITS, 0.4)}'
                          f'{_where(where)}')
 
 
@@ -175,7 +180,7 @@ def anchor_dtype_name(anchor_dtype: Any, where: str = '') -> Optional[str]:
     if name not in ANCHOR_DTYPES:
         raise ValueError(f'anchor_dtype={anchor_dtype!r} is not allowed: use None (the '
                          f'parameter dtype) or one of {", ".join(ANCHOR_DTYPES)}'
-                         f'{did_you_mean(name, ANCHOR_DTYPES)}{_where(where)}')
+                         f'{did_you_mean(name, ANCHOR_DTYPES, 0.4)}{_where(where)}')
     return name
 
 
