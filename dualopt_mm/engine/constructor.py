@@ -22,6 +22,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
+from ..optim.base import reviews_itself
 from ..optim.hyperparams import (
     REVIEW_DEFAULTS,
     check_mode,
@@ -176,11 +177,6 @@ def _is_zero(optimizer_cls: type) -> bool:
     """mmengine's or DualOpt's ZeroRedundancyOptimizer."""
     return isinstance(optimizer_cls, type) and issubclass(optimizer_cls,
                                                           ZeroRedundancyOptimizer)
-
-
-def _reviews(optimizer_cls: type) -> bool:
-    """Whether instances of ``optimizer_cls`` apply the review step themselves (ours)."""
-    return callable(getattr(optimizer_cls, 'capture_anchors', None))
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -481,7 +477,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optim_wrapper_cfg.setdefault('type', 'OptimWrapper')
         optimizer_cfg = self.optimizer_cfg.copy()
         optimizer_cls, swapped = self.resolve_optimizer()
-        reviews = _reviews(self.local_optimizer)
+        reviews = reviews_itself(self.local_optimizer)
         if self.zero_optimizer_type is not None:
             optimizer_cfg['optimizer_type'] = self.zero_optimizer_type
         self.auto_scratch = False

@@ -38,6 +38,7 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS, OPTIMIZERS
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
+from ..optim.base import reviews_itself
 from ..optim.levels import layer_level
 from .report import review_setting, skips_tensor
 
@@ -69,7 +70,7 @@ class DualOptZeroRedundancyOptimizer(ZeroRedundancyOptimizer):
                  **kwargs: Any) -> None:
         params = list(params)
         optimizer_cls = _optimizer_class(optimizer_type)
-        if callable(getattr(optimizer_cls, 'capture_anchors', None)):
+        if reviews_itself(optimizer_cls):
             for index, group in enumerate(params):
                 if not isinstance(group, dict):
                     continue

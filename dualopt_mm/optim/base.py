@@ -26,7 +26,7 @@ from .hyperparams import (
 )
 from .levels import layer_level, reference_level, review_scale, review_weight, skips_1d
 
-__all__ = ['DualOptOptimizer', 'ReviewBatch', 'group_label', 'param_label']
+__all__ = ['DualOptOptimizer', 'ReviewBatch', 'group_label', 'param_label', 'reviews_itself']
 
 # Group keys that decide which tensors are reviewed, their level k_i and the review weight; a
 # change of any of them (a scheduler driving k_max, a value set by user code) re-validates the
@@ -66,6 +66,12 @@ def check_lr(lr: Any, where: str = '') -> None:
 
 def _dtype(name: Optional[str]) -> Optional[torch.dtype]:
     return None if name is None else getattr(torch, name)
+
+
+def reviews_itself(optimizer: Any) -> bool:
+    """Whether an optimizer (or its class) applies the review step itself: the DualOpt
+    optimizers and wrappers around them (``DualOptZeroRedundancyOptimizer``) do."""
+    return callable(getattr(optimizer, 'capture_anchors', None))
 
 
 def _first_few(items: list[str], count: int) -> str:

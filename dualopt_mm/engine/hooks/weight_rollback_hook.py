@@ -49,6 +49,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
+from ...optim.base import reviews_itself
 from ...optim.hyperparams import REVIEW_DEFAULTS, check_mode, check_review_group, review_kwargs
 from ...optim.levels import layer_level, review_weight
 from ...optim.review import apply_review
@@ -93,10 +94,6 @@ def _optimizers(optim_wrapper: Any) -> List[torch.optim.Optimizer]:
     if isinstance(optim_wrapper, OptimWrapperDict):
         return [wrapper.optimizer for wrapper in optim_wrapper.values()]
     return [optim_wrapper.optimizer]
-
-
-def _is_dualopt(optimizer: torch.optim.Optimizer) -> bool:
-    return callable(getattr(optimizer, 'capture_anchors', None))
 
 
 def _is_annotated(optimizer: torch.optim.Optimizer) -> bool:
@@ -231,7 +228,7 @@ class WeightRollbackHook(Hook):
         self._optimizers = _optimizers(runner.optim_wrapper)
         for optimizer in self._optimizers:
             key = id(optimizer)
-            dualopt = _is_dualopt(optimizer)
+            dualopt = reviews_itself(optimizer)
             self._dualopt[key] = dualopt
             if self.review and dualopt:
                 raise ValueError(
