@@ -50,7 +50,8 @@ import functools
 import math
 import pickle
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -244,13 +245,13 @@ class _HistoryBufferSpec(_Decoded):
                              state.get('max_length', 1000000))
 
 
-def decoder_globals() -> List[Tuple[Callable[..., Any], str]]:
+def decoder_globals() -> list[tuple[Callable[..., Any], str]]:
     """``(decoder, 'module.name')`` pairs for ``torch.serialization.safe_globals``.
 
     A load under these globals returns decoded placeholders: pass its result to
     :func:`materialize` (or use :func:`load_mmengine_checkpoint`, which does both).
     """
-    pairs: List[Tuple[Callable[..., Any], str]] = [
+    pairs: list[tuple[Callable[..., Any], str]] = [
         (_DTypeSpec, 'numpy.dtype'),
         (_NDArrayMarker, 'numpy.ndarray'),
         (_HistoryBufferSpec, 'mmengine.logging.history_buffer.HistoryBuffer'),
@@ -269,7 +270,7 @@ def materialize(obj: Any) -> Any:
     sets; anything else (tensors, numbers, strings, objects a full unpickler made) is returned
     unchanged. Shared references stay shared.
     """
-    memo: Dict[int, Any] = {}
+    memo: dict[int, Any] = {}
 
     def walk(value: Any) -> Any:
         key = id(value)
@@ -363,7 +364,7 @@ def install() -> bool:
         return False
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    schemes: Dict[str, Callable[..., Any]] = CheckpointLoader._schemes
+    schemes: dict[str, Callable[..., Any]] = CheckpointLoader._schemes
     for prefix, loader in list(schemes.items()):
         schemes[prefix] = _decoding(loader)
     return True

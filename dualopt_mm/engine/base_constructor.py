@@ -15,7 +15,7 @@ known layer-decay constructor reads is refused, naming the close match and the l
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import torch.nn as nn
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, DefaultScope
@@ -32,7 +32,7 @@ DEFAULT_CONSTRUCTOR = 'DefaultOptimWrapperConstructor'
 #: The constructors shipped upstream besides mmengine's (the layer-wise lr decay ones and mmseg's
 #: ForceDefault): (name, scopes that register it under that name, the paramwise_cfg keys it
 #: reads beyond mmengine's).
-LAYER_DECAY_CONSTRUCTORS: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ...] = (
+LAYER_DECAY_CONSTRUCTORS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ('LearningRateDecayOptimizerConstructor', ('mmseg', 'mmdet'),
      ('decay_rate', 'decay_type', 'num_layers')),
     ('LayerDecayOptimizerConstructor', ('mmseg',), ('layer_decay_rate', 'num_layers')),
@@ -115,7 +115,7 @@ def resolve_constructor(name: str) -> type:
     return cls
 
 
-def split_groups(groups: List[dict], model: nn.Module) -> List[dict]:
+def split_groups(groups: list[dict], model: nn.Module) -> list[dict]:
     """One group per tensor, in the model's parameter order, every other key kept.
 
     A base constructor may put many tensors in one group (mmseg's layer decay: one group per
@@ -123,7 +123,7 @@ def split_groups(groups: List[dict], model: nn.Module) -> List[dict]:
     weight decay and every other key as they were. ``layer_id`` of mmpretrain's constructor
     (its lr-decay depth) is kept as ``lr_decay_layer_id``: ``layer_id`` is DualOpt's index.
     """
-    order: Dict[int, int] = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
+    order: dict[int, int] = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
     split = []
     for group in groups:
         for param in group['params']:

@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -112,7 +112,7 @@ class DualOptOptions:
     get_layer_index: Optional[GetLayerIndex] = None
     swap_optimizer: bool = True
     base_constructor: Optional[str] = None
-    review: Dict[str, Any] = field(default_factory=dict)
+    review: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> DualOptOptions:
@@ -168,7 +168,7 @@ class DualOptOptions:
         # the optimizers' own validation, on the defaults completed by what was given
         check_review_group({**REVIEW_DEFAULTS, **self.review}, 'paramwise_cfg.dualopt')
 
-    def optimizer_kwargs(self) -> Dict[str, Any]:
+    def optimizer_kwargs(self) -> dict[str, Any]:
         """The review hyper-parameters that were given (not None)."""
         return dict(self.review)
 
@@ -319,7 +319,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         return sources
 
     # -- optimizer class -------------------------------------------------------------------
-    def resolve_optimizer(self) -> Tuple[type, bool]:
+    def resolve_optimizer(self) -> tuple[type, bool]:
         """The optimizer class to build and whether it replaced a torch optimizer.
 
         A ZeRO optimizer (mmengine's ``ZeroRedundancyOptimizer`` or
@@ -363,10 +363,10 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         return optimizer_cls
 
     # -- param groups ----------------------------------------------------------------------
-    def build_groups(self, model: nn.Module) -> List[dict]:
+    def build_groups(self, model: nn.Module) -> list[dict]:
         """One group per trainable tensor, lr and weight decay as the base constructor sets
         them (mmengine's default rules, or the config's layer-decay constructor)."""
-        params: List[dict] = []
+        params: list[dict] = []
         if self.base_constructor is None:
             self.add_params(params, model)  # mmengine's paramwise rules, one group per tensor
             return params
@@ -376,7 +376,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         base.add_params(params, model)
         return split_groups(params, model)
 
-    def annotate(self, params: List[dict], model: nn.Module) -> None:
+    def annotate(self, params: list[dict], model: nn.Module) -> None:
         """Write the DualOpt keys into the groups that ``add_params`` made (in place)."""
         # first name of a shared tensor; FSDP's wrapper components removed
         name_of = {id(p): clean_name(n) for n, p in model.named_parameters()}
@@ -412,7 +412,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
         blocks = assign_blocks(names, options.layer_index, DEFAULT_RULES,
                                options.get_layer_index)
-        self.index_rules: Dict[str, str] = {}
+        self.index_rules: dict[str, str] = {}
         if options.layer_index == 'block':
             reviewed = [n for n, g in zip(names, params) if g['mode'] != 'none']
             # the rule that indexes each reviewed top-level module ('backbone' -> 'ResNet')
@@ -443,7 +443,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     f'tensor{did_you_mean(prefix, modules, cutoff=0.7)}: nothing would be '
                     'reviewed')
 
-    def scale_levels(self, params: List[dict], optimizer_defaults: Dict[str, Any]) -> None:
+    def scale_levels(self, params: list[dict], optimizer_defaults: dict[str, Any]) -> None:
         """k_unit='base_lr': a group whose lr is r times the optimizer's lr (``lr_mult``,
         ``bias_lr_mult``, layer-wise lr decay) gets levels r·k, so that
         λ = (η_t / η_base) · k_i with η_base the *optimizer's* base lr: λ stays proportional
@@ -524,7 +524,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         return OPTIM_WRAPPERS.build(optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
 
     def _log(self, optimizer: torch.optim.Optimizer, optimizer_cls: type, swapped: bool,
-             reviews: bool, extra: Dict[str, Any], sources: Optional[PretrainedSources]) -> None:
+             reviews: bool, extra: dict[str, Any], sources: Optional[PretrainedSources]) -> None:
         fallback = optimizer.defaults if reviews else extra
         header = (f'DualOpt param groups ({optimizer_cls.__name__}'
                   + (f', replacing {self.optimizer_cfg["type"]}' if swapped else '')

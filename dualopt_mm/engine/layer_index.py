@@ -70,16 +70,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 #: Sort key of the blocks placed after every numbered block of a stage or root.
 _LAST = 1_000_000
 
 #: The stem sorts before every numbered block.
-_STEM_KEY: Tuple[float, ...] = (-_LAST, -_LAST, 0)
+_STEM_KEY: tuple[float, ...] = (-_LAST, -_LAST, 0)
 
 #: ``get_layer_index(name)`` returns ``(block_name, depth)`` or None (built-in rules decide).
-GetLayerIndex = Callable[[str], Optional[Tuple[str, float]]]
+GetLayerIndex = Callable[[str], Optional[tuple[str, float]]]
 
 LAYER_INDEX_STRATEGIES = ('block', 'tensor')
 
@@ -106,7 +106,7 @@ class BlockPattern:
     tie: int = 0
     name: Optional[str] = None
 
-    def match(self, relative_name: str) -> Optional[Tuple[str, Tuple[float, ...]]]:
+    def match(self, relative_name: str) -> Optional[tuple[str, tuple[float, ...]]]:
         """Block name (relative to the root) and sort key of ``relative_name``, or None."""
         m = re.match(self.regex, relative_name)
         if m is None:
@@ -131,7 +131,7 @@ class ArchitectureRule:
 
     name: str
     anchor: BlockPattern
-    parts: Tuple[BlockPattern, ...] = ()
+    parts: tuple[BlockPattern, ...] = ()
 
     def find_root(self, name: str) -> Optional[str]:
         """The shallowest prefix of ``name`` (ending with '.', or '') after which the anchor
@@ -143,7 +143,7 @@ class ArchitectureRule:
                 return root
         return None
 
-    def locate(self, relative_name: str) -> Optional[Tuple[str, Tuple[float, ...]]]:
+    def locate(self, relative_name: str) -> Optional[tuple[str, tuple[float, ...]]]:
         """Block (relative) and sort key of a name under a claimed root, or None."""
         for pattern in (self.anchor, *self.parts):
             found = pattern.match(relative_name)
@@ -155,7 +155,7 @@ class ArchitectureRule:
 _SE = _LAST  # shorthand: sorts after every numbered block
 
 #: Built-in rules, in priority order (among roots of equal depth the first rule claims it).
-DEFAULT_RULES: Tuple[ArchitectureRule, ...] = (
+DEFAULT_RULES: tuple[ArchitectureRule, ...] = (
     ArchitectureRule(
         'MiT',  # SegFormer's MiT, PVT, PVTv2
         BlockPattern(r'layers\.(?P<s>\d+)\.1\.(?P<b>\d+)\.'),
@@ -236,7 +236,7 @@ def _owner(name: str) -> str:
 
 
 def _claim_roots(names: Sequence[str],
-                 rules: Sequence[ArchitectureRule]) -> Dict[str, ArchitectureRule]:
+                 rules: Sequence[ArchitectureRule]) -> dict[str, ArchitectureRule]:
     """Map each claimed root prefix to its rule; nested roots are not claimed twice.
 
     Shallow roots are claimed first (``backbone.`` before ``backbone.layers.0.ffn.``, where
@@ -249,7 +249,7 @@ def _claim_roots(names: Sequence[str],
             root = rule.find_root(name)
             if root is not None:
                 candidates.add((root.count('.'), priority, root))
-    claimed: Dict[str, ArchitectureRule] = {}
+    claimed: dict[str, ArchitectureRule] = {}
     for _, priority, root in sorted(candidates):
         if root in claimed:
             continue
@@ -260,14 +260,14 @@ def _claim_roots(names: Sequence[str],
 
 
 def rules_by_module(names: Sequence[str], rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
-                    get_layer_index: Optional[GetLayerIndex] = None) -> Dict[str, str]:
+                    get_layer_index: Optional[GetLayerIndex] = None) -> dict[str, str]:
     """The rule that indexes each top-level module (``'backbone'`` -> ``'ResNet'``):
     ``'custom'`` (``get_layer_index``), a rule name, or ``'generic'`` (no rule claims any of
     its tensors: one level per module)."""
     custom = {n for n in names if get_layer_index is not None
               and get_layer_index(n) is not None}
     roots = _claim_roots([n for n in names if n not in custom], rules)
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for name in names:
         top = name.split('.', 1)[0]
         if name in custom:
@@ -284,7 +284,7 @@ def rules_by_module(names: Sequence[str], rules: Sequence[ArchitectureRule] = DE
 def assign_blocks(names: Sequence[str],
                   strategy: str = 'block',
                   rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
-                  get_layer_index: Optional[GetLayerIndex] = None) -> List[Tuple[str, int]]:
+                  get_layer_index: Optional[GetLayerIndex] = None) -> list[tuple[str, int]]:
     """Block name and block index of every parameter name.
 
     Args:
@@ -316,11 +316,11 @@ def assign_blocks(names: Sequence[str],
 
     # region: a claimed root, the callable's names, or one generic block; it is placed where
     # its first tensor appears. Inside a region blocks sort by a local key.
-    region_of: List[str] = []
-    block_of: List[str] = []
-    key_of: List[Tuple[float, ...]] = []
+    region_of: list[str] = []
+    block_of: list[str] = []
+    key_of: list[tuple[float, ...]] = []
     roots = _claim_roots(names, rules)
-    first_block_seen: Dict[str, bool] = {root: False for root in roots}
+    first_block_seen: dict[str, bool] = {root: False for root in roots}
     for position, name in enumerate(names):
         custom = get_layer_index(name) if get_layer_index is not None else None
         if custom is not None:
@@ -352,11 +352,11 @@ def assign_blocks(names: Sequence[str],
             block_of.append(root + top)
             key_of.append((_LAST, _LAST, position))
 
-    region_position: Dict[str, int] = {}
+    region_position: dict[str, int] = {}
     for position, region in enumerate(region_of):
         region_position.setdefault(region, position)
     # one key per block (its first tensor's); a block split across regions is refused below
-    block_key: Dict[str, Tuple[int, Tuple[float, ...]]] = {}
+    block_key: dict[str, tuple[int, tuple[float, ...]]] = {}
     for region, block, key in zip(region_of, block_of, key_of):
         full_key = (region_position[region], key)
         if block not in block_key:
@@ -369,7 +369,7 @@ def assign_blocks(names: Sequence[str],
     return [(block, index[block]) for block in block_of]
 
 
-def dense_layer_ids(block_indices: Sequence[Optional[int]]) -> Tuple[List[Optional[int]], int]:
+def dense_layer_ids(block_indices: Sequence[Optional[int]]) -> tuple[list[Optional[int]], int]:
     """Layer ids ``0 .. num_layers - 1`` from block indices (None: not reviewed).
 
     Blocks keep their order; gaps left by blocks that are not reviewed close up, so the

@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ __all__ = ['PretrainedSources', 'calling_runner', 'checkpoint_tensors_shapes',
            'pretrained_weights', 'state_dict_of']
 
 
-def pretrained_init_prefixes(model: nn.Module) -> List[str]:
+def pretrained_init_prefixes(model: nn.Module) -> list[str]:
     """Name prefixes of the modules whose ``init_cfg`` loads a ``Pretrained`` checkpoint."""
     prefixes = []
     for module_name, module in model.named_modules():
@@ -54,7 +54,7 @@ def is_pretrained_init(cfg: Any) -> bool:
     return init_type == 'Pretrained' or getattr(init_type, '__name__', None) == 'PretrainedInit'
 
 
-def preinitialised_prefixes(model: nn.Module) -> List[str]:
+def preinitialised_prefixes(model: nn.Module) -> list[str]:
     """Name prefixes of the modules that loaded their weights when they were built.
 
     mmengine marks a module initialised (``_is_init``) when ``init_weights`` ran; before the
@@ -65,7 +65,7 @@ def preinitialised_prefixes(model: nn.Module) -> List[str]:
     """
     if getattr(model, '_is_init', False):
         return []
-    prefixes: List[str] = []
+    prefixes: list[str] = []
     for module_name, module in model.named_modules():
         if not module_name or not getattr(module, '_is_init', False):
             continue
@@ -108,8 +108,8 @@ class PretrainedSources:
         resume: whether the runner resumes (modes then come from the checkpoint).
     """
 
-    init_prefixes: List[str]
-    built_prefixes: List[str]
+    init_prefixes: list[str]
+    built_prefixes: list[str]
     load_from: Optional[str]
     runner_seen: bool
     resume: bool = False
@@ -141,7 +141,7 @@ class PretrainedSources:
 
 
 def pretrained_candidates(model: nn.Module, names: Sequence[str],
-                          rule: Union[str, Sequence[str]]) -> List[str]:
+                          rule: Union[str, Sequence[str]]) -> list[str]:
     """The names that count as pretrained before any checkpoint is read (finetune mode).
 
     ``'auto'``: the tensors of modules whose ``init_cfg`` is ``Pretrained``, else those under
@@ -159,7 +159,7 @@ def pretrained_candidates(model: nn.Module, names: Sequence[str],
     return [n for n in names if any(n.startswith(p) for p in prefixes)]
 
 
-def checkpoint_tensors_shapes(state_dict: Dict[str, Any], prefix: str = '') -> Dict[str, tuple]:
+def checkpoint_tensors_shapes(state_dict: dict[str, Any], prefix: str = '') -> dict[str, tuple]:
     """``{key: shape}`` of the tensors of a state dict, ``module.`` stripped like mmengine, only
     keys under ``prefix`` (stripped) when given."""
     if prefix and not prefix.endswith('.'):
@@ -178,7 +178,7 @@ def checkpoint_tensors_shapes(state_dict: Dict[str, Any], prefix: str = '') -> D
     return shapes
 
 
-def state_dict_of(checkpoint: Any) -> Dict[str, Any]:
+def state_dict_of(checkpoint: Any) -> dict[str, Any]:
     """The weights of a loaded checkpoint (``state_dict``, ``model`` or the dict itself)."""
     if not isinstance(checkpoint, dict):
         return {}
@@ -188,11 +188,11 @@ def state_dict_of(checkpoint: Any) -> Dict[str, Any]:
     return checkpoint
 
 
-def filled_names(model: nn.Module, load_from_shapes: Optional[Dict[str, tuple]]
-                 ) -> Optional[Set[str]]:
+def filled_names(model: nn.Module, load_from_shapes: Optional[dict[str, tuple]]
+                 ) -> Optional[set[str]]:
     """Names of the parameters a checkpoint filled, or None when none is configured."""
     params = dict(model.named_parameters())
-    filled: Set[str] = set()
+    filled: set[str] = set()
     configured = False
     if load_from_shapes is not None:
         configured = True
@@ -205,15 +205,15 @@ def filled_names(model: nn.Module, load_from_shapes: Optional[Dict[str, tuple]]
     return filled if configured else None
 
 
-def init_cfg_checkpoints(module: nn.Module) -> List[dict]:
+def init_cfg_checkpoints(module: nn.Module) -> list[dict]:
     init_cfgs = module.init_cfg if isinstance(module.init_cfg, (list, tuple)) else [
         module.init_cfg]
     return [cfg for cfg in init_cfgs if is_pretrained_init(cfg)]
 
 
-def filled_by_init_cfg(module: nn.Module, prefix: str) -> Set[str]:
+def filled_by_init_cfg(module: nn.Module, prefix: str) -> set[str]:
     names = {n: tuple(p.shape) for n, p in module.named_parameters()}
-    filled: Set[str] = set()
+    filled: set[str] = set()
     for cfg in init_cfg_checkpoints(module):
         try:
             checkpoint = CheckpointLoader.load_checkpoint(
@@ -239,12 +239,12 @@ def filled_by_init_cfg(module: nn.Module, prefix: str) -> Set[str]:
     return filled
 
 
-def pretrained_weights(model: nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def pretrained_weights(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tensors the config's ``init_cfg=Pretrained`` checkpoints hold, by model name
     (matched by name and shape), and the checkpoint paths read."""
     params = dict(model.named_parameters())
-    weights: Dict[str, torch.Tensor] = {}
-    sources: List[str] = []
+    weights: dict[str, torch.Tensor] = {}
+    sources: list[str] = []
     for prefix in pretrained_init_prefixes(model):
         module = model.get_submodule(prefix.rstrip('.')) if prefix else model
         for cfg in init_cfg_checkpoints(module):

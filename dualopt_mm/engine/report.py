@@ -7,7 +7,7 @@ One row per tensor of the optimizer, with the keys of ``<log_dir>/dualopt_levels
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 from ..optim.hyperparams import REVIEW_DEFAULTS
 from ..optim.levels import layer_level, skips_1d
@@ -48,7 +48,7 @@ def group_level(group: Mapping[str, Any],
 
 def level_rows(groups: Iterable[Mapping[str, Any]],
                fallback: Optional[Mapping[str, Any]] = None,
-               lr_key: str = 'lr') -> List[Dict[str, Any]]:
+               lr_key: str = 'lr') -> list[dict[str, Any]]:
     """One row per tensor of ``groups`` (param groups annotated by the constructor).
 
     Args:
@@ -83,7 +83,7 @@ def level_rows(groups: Iterable[Mapping[str, Any]],
     return rows
 
 
-def format_table(rows: List[Dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """Rows as a fixed-width text table for the log."""
     header = ('name', 'block', 'layer', 'level', 'lr', 'weight_decay', 'mode')
 

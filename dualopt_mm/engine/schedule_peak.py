@@ -7,7 +7,7 @@ overlap).
 from __future__ import annotations
 
 import math
-from typing import Any, List
+from typing import Any
 
 from mmengine.optim.scheduler import (
     ConstantParamScheduler,
@@ -60,7 +60,7 @@ def lr_peak_factor(scheduler: Any, base_lr: float) -> float:
     return max(1.0, float(factor))
 
 
-def flatten_schedulers(schedulers: Any) -> List[Any]:
+def flatten_schedulers(schedulers: Any) -> list[Any]:
     if schedulers is None:
         return []
     if isinstance(schedulers, dict):

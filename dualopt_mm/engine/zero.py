@@ -29,7 +29,8 @@ before each CheckpointHook save).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import torch
 from mmengine.dist import is_main_process
@@ -99,7 +100,7 @@ class DualOptZeroRedundancyOptimizer(ZeroRedundancyOptimizer):
         self._expose_anchors()
         return count
 
-    def review_levels(self) -> List[Tuple[torch.Tensor, Optional[int], Optional[int], float]]:
+    def review_levels(self) -> list[tuple[torch.Tensor, Optional[int], Optional[int], float]]:
         """Per tensor of *all* ranks, in group order: ``(param, layer_id, num_layers, k_i)``,
         from the groups' explicit layer ids (the same on every rank)."""
         fallback = dict(getattr(self.optim, 'defaults', {}), **self.defaults)

@@ -26,7 +26,8 @@ Config::
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from mmengine.hooks import Hook
@@ -53,11 +54,11 @@ class L2SPHook(Hook):
             prefixes = (prefixes,)
         self.alpha = float(alpha)
         self.prefixes = tuple(prefixes)
-        self.anchors: Dict[str, torch.Tensor] = {}
-        self._loaded: Optional[Dict[str, torch.Tensor]] = None
-        self._handles: List = []
+        self.anchors: dict[str, torch.Tensor] = {}
+        self._loaded: Optional[dict[str, torch.Tensor]] = None
+        self._handles: list = []
 
-    def _named_targets(self, runner) -> Dict[str, torch.nn.Parameter]:
+    def _named_targets(self, runner) -> dict[str, torch.nn.Parameter]:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         return {n: p for n, p in model.named_parameters()
                 if p.requires_grad and n.startswith(self.prefixes)}

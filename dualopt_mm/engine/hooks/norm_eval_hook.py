@@ -13,7 +13,7 @@ Config::
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -38,7 +38,7 @@ import math
 import os.path as osp
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -90,7 +90,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def _optimizers(optim_wrapper: Any) -> List[torch.optim.Optimizer]:
+def _optimizers(optim_wrapper: Any) -> list[torch.optim.Optimizer]:
     if isinstance(optim_wrapper, OptimWrapperDict):
         return [wrapper.optimizer for wrapper in optim_wrapper.values()]
     return [optim_wrapper.optimizer]
@@ -175,7 +175,7 @@ class WeightRollbackHook(Hook):
         if set(given) & {'mode', 'layer_id', 'num_layers', 'base_lr', 'anchor_dtype'}:
             raise TypeError(f'WeightRollbackHook takes mode as its own argument and no '
                             f'{sorted(set(given) - {"mode"})}: those are per-group keys')
-        self.settings: Dict[str, Any] = review_kwargs(dict(given, mode=mode),
+        self.settings: dict[str, Any] = review_kwargs(dict(given, mode=mode),
                                                       'WeightRollbackHook')
         check_review_group(self.settings, 'WeightRollbackHook')
         self.interval = interval
@@ -188,13 +188,13 @@ class WeightRollbackHook(Hook):
 
         self._resumed = False
         self._loaded_state: Optional[dict] = None
-        self._load_from_shapes: Optional[Dict[str, tuple]] = None
-        self._entries: Dict[int, List[_Entry]] = {}  # id(optimizer) -> entries
-        self._dualopt: Dict[int, bool] = {}
-        self._anchors: Dict[str, torch.Tensor] = {}  # θ_0 of non-DualOpt optimizers
-        self._optimizer_levels: Dict[int, Optional[float]] = {}  # id(param) -> DualOpt's k_i
-        self._handles: List[Any] = []
-        self._optimizers: List[torch.optim.Optimizer] = []
+        self._load_from_shapes: Optional[dict[str, tuple]] = None
+        self._entries: dict[int, list[_Entry]] = {}  # id(optimizer) -> entries
+        self._dualopt: dict[int, bool] = {}
+        self._anchors: dict[str, torch.Tensor] = {}  # θ_0 of non-DualOpt optimizers
+        self._optimizer_levels: dict[int, Optional[float]] = {}  # id(param) -> DualOpt's k_i
+        self._handles: list[Any] = []
+        self._optimizers: list[torch.optim.Optimizer] = []
         self._table_changed = False  # log the full table only when the constructor's changed
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -222,7 +222,7 @@ class WeightRollbackHook(Hook):
     def before_train(self, runner) -> None:
         model = _unwrap(runner.model)
         names = {id(p): n for n, p in model.named_parameters()}
-        filled: Optional[Set[str]] = None
+        filled: Optional[set[str]] = None
         if not self._resumed:
             filled = filled_names(model, self._load_from_shapes)
         self._optimizers = _optimizers(runner.optim_wrapper)
@@ -277,7 +277,7 @@ class WeightRollbackHook(Hook):
         self._handles = []
 
     def _anchor_foreign_resume(self, optimizer: torch.optim.Optimizer, model: nn.Module,
-                               names: Dict[int, str]) -> None:
+                               names: dict[int, str]) -> None:
         """On resume from the optimizer state of another optimizer (a stock AdamW run switched
         to DualOpt): θ_0 from the config's pretrained checkpoint, never the resumed weights.
 
@@ -286,7 +286,7 @@ class WeightRollbackHook(Hook):
         the resumed file itself); the reviewed set is refined to the tensors it holds. Without
         such a checkpoint the run stops, saying how to proceed.
         """
-        def unanchored() -> List[torch.Tensor]:
+        def unanchored() -> list[torch.Tensor]:
             return [p for p, layer_id, _, _ in optimizer.review_levels()
                     if layer_id is not None and optimizer.state.get(p)
                     and 'anchor' not in optimizer.state[p]
@@ -330,8 +330,8 @@ class WeightRollbackHook(Hook):
     def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
         return next(g for g in optimizer.param_groups if any(p is param for p in g['params']))
 
-    def _refine(self, optimizer: torch.optim.Optimizer, names: Dict[int, str],
-                filled: Optional[Set[str]]) -> None:
+    def _refine(self, optimizer: torch.optim.Optimizer, names: dict[int, str],
+                filled: Optional[set[str]]) -> None:
         auto = [g for g in optimizer.param_groups if g.get('mode_auto')]
         if not auto:
             return
@@ -359,13 +359,13 @@ class WeightRollbackHook(Hook):
                       logger='current')
 
     def _entries_from_groups(self, optimizer: torch.optim.Optimizer,
-                             names: Dict[int, str]) -> List[_Entry]:
+                             names: dict[int, str]) -> list[_Entry]:
         return [_Entry(name=g['param_name'], param=g['params'][0], group=g, mode=g['mode'],
                        layer_id=g['layer_id'], num_layers=g['num_layers'], block=g['block'])
                 for g in optimizer.param_groups]
 
     def _entries_from_names(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                            names: Dict[int, str], filled: Optional[Set[str]]) -> List[_Entry]:
+                            names: dict[int, str], filled: Optional[set[str]]) -> list[_Entry]:
         """Entries for groups no constructor annotated: the hook decides mode and layers."""
         pairs = [(names[id(p)], p, g) for g in optimizer.param_groups for p in g['params']
                  if p.requires_grad and id(p) in names]
@@ -388,7 +388,7 @@ class WeightRollbackHook(Hook):
                        num_layers if layer_id is not None else None, block)
                 for (name, p, g), (block, _), layer_id in zip(pairs, blocks, layer_ids)]
 
-    def _set_anchors(self, optimizer: torch.optim.Optimizer, entries: List[_Entry]) -> None:
+    def _set_anchors(self, optimizer: torch.optim.Optimizer, entries: list[_Entry]) -> None:
         if self._dualopt[id(optimizer)]:
             if not self._resumed:
                 optimizer.capture_anchors()
@@ -407,14 +407,14 @@ class WeightRollbackHook(Hook):
                 self._anchors[entry.name] = entry.param.detach().clone()
 
     # -- λ check and report ----------------------------------------------------------------
-    def _fallback(self, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    def _fallback(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         if self._dualopt[id(optimizer)]:
             return {**self.settings, **{k: v for k, v in optimizer.defaults.items()
                                         if k in REVIEW_DEFAULTS}}
         return self.settings
 
     def _level(self, entry: _Entry, optimizer: torch.optim.Optimizer,
-               fallback: Dict[str, Any]) -> Optional[float]:
+               fallback: dict[str, Any]) -> Optional[float]:
         """k_i of a tensor: the DualOpt optimizer's own value, else from the group keys."""
         if entry.mode == 'none' or entry.layer_id is None:
             return None
@@ -452,7 +452,7 @@ class WeightRollbackHook(Hook):
                     print_log(str(error), logger='current', level=logging.WARNING)
                     return  # one warning is enough
 
-    def level_rows(self) -> List[Dict[str, Any]]:
+    def level_rows(self) -> list[dict[str, Any]]:
         """The rows of ``dualopt_levels.json`` (one per tensor the hook knows)."""
         rows = []
         for optimizer in self._optimizers:
@@ -493,13 +493,13 @@ class WeightRollbackHook(Hook):
         return self._anchors.get(entry.name)
 
     @torch.no_grad()
-    def drift(self) -> Dict[str, float]:
+    def drift(self) -> dict[str, float]:
         """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``).
 
         Squared norms are accumulated in float64 and read back with one device sync.
         """
-        blocks: List[str] = []
-        squares: List[torch.Tensor] = []  # per tensor: ‖θ − θ_0‖², ‖θ_0‖²
+        blocks: list[str] = []
+        squares: list[torch.Tensor] = []  # per tensor: ‖θ − θ_0‖², ‖θ_0‖²
         for optimizer in self._optimizers:
             for entry in self._entries[id(optimizer)]:
                 if entry.mode != 'finetune':
@@ -515,8 +515,8 @@ class WeightRollbackHook(Hook):
                 blocks.append(entry.block)
         if not squares:
             return {}
-        num: Dict[str, float] = defaultdict(float)
-        den: Dict[str, float] = defaultdict(float)
+        num: dict[str, float] = defaultdict(float)
+        den: dict[str, float] = defaultdict(float)
         for block, (diff, ref) in zip(blocks, torch.stack(squares).tolist()):
             for key in (block, 'all'):
                 num[key] += diff
@@ -524,8 +524,8 @@ class WeightRollbackHook(Hook):
         return {key: math.sqrt(num[key] / den[key]) if den[key] > 0 else 0.0 for key in num}
 
     @torch.no_grad()
-    def _review_step(self, optimizer: torch.optim.Optimizer, args: Tuple,
-                     kwargs: Dict) -> None:
+    def _review_step(self, optimizer: torch.optim.Optimizer, args: tuple,
+                     kwargs: dict) -> None:
         """θ ← θ̂ − λ(θ̂ − a) after a non-DualOpt step (torch step post-hook)."""
         fallback = self._fallback(optimizer)
         params, anchors, weights = [], [], []
