@@ -49,7 +49,7 @@ def _worker(rank: int, port: int, work_dir: str, checkpoint: str, setup: str) ->
         anchors = {g['param_name']: optimizer.state[g['params'][0]]['anchor']
                    for g in optimizer.param_groups if g['mode'] == 'finetune'}
     else:
-        anchors = dict(hook_of(runner)._anchors)
+        anchors = dict(hook_of(runner).anchors)
     torch.save(dict(params={n: p.detach() for n, p in model.named_parameters()},
                     anchors=anchors, optimizer=optimizer.state_dict()),
                os.path.join(work_dir, f'rank{rank}.pt'))

@@ -213,7 +213,7 @@ def test_amp_skipped_step_skips_the_review(tmp_path):
     lr = optimizer.param_groups[0]['lr']  # warm-up: 0.05 of base 0.1 -> λ = k_i / 2
     theta = before['backbone.conv1.weight']
     theta_hat = theta - lr * (grads['backbone.conv1.weight'] + 1e-4 * theta)
-    anchor = hook._anchors['backbone.conv1.weight']
+    anchor = hook.anchors['backbone.conv1.weight']
     expected = theta_hat + (lr / 0.1) * 0.01 * (anchor - theta_hat)
     torch.testing.assert_close(model.backbone.conv1.weight.detach(), expected,
                                rtol=1e-6, atol=1e-8)
@@ -254,19 +254,19 @@ def test_resume_is_exact(tmp_path, setup):
             assert torch.equal(torch.as_tensor(value),
                                torch.as_tensor(resumed_state['state'][index][key])), (index, key)
     full_hook, resumed_hook = hook_of(full), hook_of(second)
-    assert full_hook._anchors.keys() == resumed_hook._anchors.keys()
-    assert all(torch.equal(full_hook._anchors[k], resumed_hook._anchors[k])
-               for k in full_hook._anchors)
+    assert full_hook.anchors.keys() == resumed_hook.anchors.keys()
+    assert all(torch.equal(full_hook.anchors[k], resumed_hook.anchors[k])
+               for k in full_hook.anchors)
     # θ_0 is still the checkpoint, not the weights at iteration 2
     loaded = pretrained_state()
     if setup == 'dualopt':
         anchors = anchors_by_name(second)
         assert torch.equal(anchors['backbone.conv1.weight'], loaded['backbone.conv1.weight'])
     else:
-        assert torch.equal(resumed_hook._anchors['backbone.conv1.weight'],
+        assert torch.equal(resumed_hook.anchors['backbone.conv1.weight'],
                            loaded['backbone.conv1.weight'])
         saved = torch.load(str(tmp_path / 'part/iter_2.pth'), weights_only=False)
-        assert set(saved[CHECKPOINT_KEY]['anchors']) == set(full_hook._anchors)
+        assert set(saved[CHECKPOINT_KEY]['anchors']) == set(full_hook.anchors)
 
 
 # -------------------------------------------------------------------- logs and checks

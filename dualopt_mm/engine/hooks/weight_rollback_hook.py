@@ -1,7 +1,7 @@
 r"""``WeightRollbackHook``: θ_0 after the pretrained weights are loaded, drift logging, and the
 review step for optimizers that are not DualOpt's.
 
-When the hook runs, in mmengine 0.10.7's ``Runner.train()`` (README, section "WeightRollbackHook"):
+When the hook runs, in mmengine 0.10.7's ``Runner.train()`` (docs/integration.md):
 
 1. the optimizer is built, ``auto_scale_lr`` scales its lrs, the param schedulers are built
    (they store ``initial_lr``); the model still holds its random init;
@@ -23,12 +23,9 @@ also after step 3, hence also the pretrained weights: the hook is needed for (a)
 logging, (b) refining ``pretrained='auto'`` from the checkpoint keys, (c) the review step of a
 non-DualOpt optimizer (``review=True``), (d) the early λ check and ``dualopt_levels.json``.
 
-Which tensors a checkpoint filled: the keys of ``load_from`` (seen in ``after_load_checkpoint``)
-and of every ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`` (read once at
-``before_train``), matched by name and shape as mmengine's non-strict loading does. A
-``Pretrained`` module none of whose parameter names appear in its checkpoint (a backbone that
-converts foreign keys in its own ``init_weights``, like mmdet's Swin with
-``convert_weights=True``) counts as filled entirely, with a warning.
+Which tensors a checkpoint filled is decided in :mod:`dualopt_mm.engine.pretrained`, the
+schedule's peak lr in :mod:`dualopt_mm.engine.schedule_peak`, θ_0 and the review step of other
+optimizers in :mod:`~dualopt_mm.engine.hooks.foreign_review`.
 """
 from __future__ import annotations
 
@@ -52,7 +49,6 @@ from mmengine.registry import HOOKS
 from ...optim.base import reviews_itself
 from ...optim.hyperparams import REVIEW_DEFAULTS, check_mode, check_review_group, review_kwargs
 from ...optim.levels import layer_level, review_weight
-from ...optim.review import apply_review
 from ..constructor import assign_layer_ids
 from ..layer_index import LAYER_INDEX_STRATEGIES, assign_blocks, dense_layer_ids
 from ..pretrained import (
@@ -64,6 +60,7 @@ from ..pretrained import (
 )
 from ..report import format_table, review_setting, skips_tensor
 from ..schedule_peak import peak_lr
+from .foreign_review import ForeignAnchors
 
 #: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
 CHECKPOINT_KEY = 'weight_rollback'
@@ -191,7 +188,7 @@ class WeightRollbackHook(Hook):
         self._load_from_shapes: Optional[dict[str, tuple]] = None
         self._entries: dict[int, list[_Entry]] = {}  # id(optimizer) -> entries
         self._dualopt: dict[int, bool] = {}
-        self._anchors: dict[str, torch.Tensor] = {}  # θ_0 of non-DualOpt optimizers
+        self._foreign = ForeignAnchors()  # θ_0 and review of non-DualOpt optimizers
         self._optimizer_levels: dict[int, Optional[float]] = {}  # id(param) -> DualOpt's k_i
         self._handles: list[Any] = []
         self._optimizers: list[torch.optim.Optimizer] = []
@@ -209,10 +206,10 @@ class WeightRollbackHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Save θ_0 and the layer table of non-DualOpt optimizers (DualOpt keeps its own)."""
-        if not self._anchors and not any(not d for d in self._dualopt.values()):
+        if not self._foreign.anchors and not any(not d for d in self._dualopt.values()):
             return
         checkpoint[CHECKPOINT_KEY] = dict(
-            anchors={name: anchor.detach().cpu() for name, anchor in self._anchors.items()},
+            anchors=self._foreign.state_dict(),
             entries={e.name: dict(mode=e.mode, layer_id=e.layer_id, num_layers=e.num_layers,
                                   block=e.block)
                      for key, entries in self._entries.items() if not self._dualopt[key]
@@ -394,17 +391,8 @@ class WeightRollbackHook(Hook):
                 optimizer.capture_anchors()
             return
         stored = (self._loaded_state or {}).get('anchors', {}) if self._resumed else {}
-        for entry in entries:
-            if entry.mode != 'finetune':
-                continue
-            if entry.name in stored:
-                self._anchors[entry.name] = stored[entry.name].to(entry.param.device,
-                                                                   entry.param.dtype)
-            else:
-                if self._resumed:
-                    print_log(f'resumed checkpoint has no θ_0 of {entry.name}: capturing the '
-                              'current weights', logger='current', level=logging.WARNING)
-                self._anchors[entry.name] = entry.param.detach().clone()
+        self._foreign.restore_or_capture(
+            [(e.name, e.param) for e in entries if e.mode == 'finetune'], stored, self._resumed)
 
     # -- λ check and report ----------------------------------------------------------------
     def _fallback(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -485,12 +473,17 @@ class WeightRollbackHook(Hook):
             for key, value in self.drift().items():
                 runner.message_hub.update_scalar(f'train/drift/{key}', value)
 
+    @property
+    def anchors(self) -> dict[str, torch.Tensor]:
+        """θ_0 the hook keeps for non-DualOpt optimizers, by tensor name."""
+        return self._foreign.anchors
+
     def anchor_of(self, entry: _Entry, optimizer: torch.optim.Optimizer
                   ) -> Optional[torch.Tensor]:
         """θ_0 of a tensor (DualOpt optimizer state or the hook's copy), None if not set."""
         if self._dualopt[id(optimizer)]:
             return optimizer.state.get(entry.param, {}).get('anchor')
-        return self._anchors.get(entry.name)
+        return self._foreign.anchors.get(entry.name)
 
     @torch.no_grad()
     def drift(self) -> dict[str, float]:
@@ -523,23 +516,10 @@ class WeightRollbackHook(Hook):
                 den[key] += ref
         return {key: math.sqrt(num[key] / den[key]) if den[key] > 0 else 0.0 for key in num}
 
-    @torch.no_grad()
-    def _review_step(self, optimizer: torch.optim.Optimizer, args: tuple,
-                     kwargs: dict) -> None:
+    def _review_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """θ ← θ̂ − λ(θ̂ − a) after a non-DualOpt step (torch step post-hook)."""
         fallback = self._fallback(optimizer)
-        params, anchors, weights = [], [], []
-        for entry in self._entries[id(optimizer)]:
-            param = entry.param
-            if param.grad is None:  # torch's optimizers skip such tensors: so does the review
-                continue
-            level = self._level(entry, optimizer, fallback)
-            if not level:
-                continue
-            group = entry.group
-            lam = review_weight(level, group['lr'], group['base_lr'],
-                                review_setting(group, 'k_unit', fallback), entry.name)
-            params.append(param)
-            anchors.append(self._anchors[entry.name] if entry.mode == 'finetune' else None)
-            weights.append(lam)
-        apply_review(params, anchors, weights)
+        self._foreign.review(
+            (e.name, e.param, e.group, e.mode == 'finetune', self._level(e, optimizer, fallback),
+             review_setting(e.group, 'k_unit', fallback))
+            for e in self._entries[id(optimizer)])
