@@ -25,7 +25,7 @@ def _git(*args: str) -> Optional[str]:
         out = subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None
 
 
 def _version(name: str) -> str:
@@ -93,6 +93,8 @@ def describe(prov: Dict[str, Any]) -> str:
     v = prov.get('versions', {})
     commit = (prov.get('git_commit') or 'unknown')[:10]
     commit += ' (dirty)' if prov.get('git_dirty') else ''
+    if prov.get('git_commit_at_start'):          # hand annotation, see the results file's note
+        commit = f"{prov['git_commit_at_start'][:10]} (started from; recorded: {commit})"
     return (f"commit {commit}; torch {v.get('torch')}, mmengine {v.get('mmengine')}, "
             f"mmdet {v.get('mmdet')}, mmseg {v.get('mmsegmentation')}, timm {v.get('timm')}, "
             f"numpy {v.get('numpy')}; {prov.get('threads')} torch thread(s); "

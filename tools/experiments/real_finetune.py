@@ -341,8 +341,12 @@ def run_all(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
     torch.set_num_threads(args.threads)
 
+    import real_sources
+
     import dualopt_mm  # noqa: F401  registers DualOpt*, L2SPHook, NormEvalHook
     t_start = time.time()
+    if getattr(args, '_provenance', None) is None:    # the code and environment at the start
+        args._provenance = provenance.collect(args.threads, data=real_sources.versions())
     paths = prepare_data(Path(args.data_dir), args.quick)
     retention = Retention(paths['lite0'])
     args._pretrained = retention.pretrained()
@@ -381,7 +385,10 @@ def run_all(args: argparse.Namespace) -> Dict[str, Any]:
 def run_parallel(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     """One subprocess per task (``--tasks <task> --out-dir <out>/<task>``), then merge."""
     import subprocess
+
+    import real_sources
     t0 = time.time()
+    prov = provenance.collect(args.threads, data=real_sources.versions())
     prepare_data(Path(args.data_dir), args.quick)          # once, before the processes start
     base = list(argv)
     for flag in ('--jobs', '--out-dir', '--tasks'):      # drop these options and their values
@@ -412,6 +419,7 @@ def run_parallel(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any
             merged['settings'][key].update(part['settings'][key])
     merged['settings']['jobs'] = args.jobs
     merged['wall_s'] = time.time() - t0
+    merged['provenance'] = prov
     merged['provenance']['command'] = ' '.join([Path(sys.argv[0]).name, *argv])
     return merged
 
@@ -435,7 +443,8 @@ def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, path
         'selection': selection,
         'runs': runs,
         'wall_s': wall,
-        'provenance': provenance.collect(args.threads, data=real_sources.versions()),
+        'provenance': getattr(args, '_provenance', None)
+        or provenance.collect(args.threads, data=real_sources.versions()),
     }
     if args.out_dir:
         out = Path(args.out_dir)
@@ -468,18 +477,20 @@ def table(results: Dict[str, Any], task: str, tuned: bool) -> str:
     values = {}
     for method in settings['methods']:
         if tuned:
+            if method not in results['selection'][task]:   # partial results: not swept yet
+                continue
             value = results['selection'][task][method]
         else:
             value = settings['defaults'][task][method]
         values[method] = value
-    for method in settings['methods']:
+    for method in values:
         rs = [find(runs, task, method, values[method], s) for s in seeds]
         if any(r is None for r in rs):
             continue
         cells = [METHOD_TITLE[method], f'{KNOB[method]}={values[method]:g}']
         for key, _, scale in metrics:
             cells.append(fmt([r['metrics'][key] for r in rs], scale,
-                             3 if key in ('drift_all', 'feature_cos') else 1))
+                             {'drift_all': 4, 'feature_cos': 3}.get(key, 1)))
         base = [find(runs, task, 'stock', values.get('stock', 0), s) for s in seeds]
         for key in deltas:
             scale = dict((k, s) for k, _, s in TASK_METRICS[task])[key]
@@ -501,7 +512,7 @@ def drift_table(results: Dict[str, Any], task: str) -> str:
         rs = [find(runs, task, method, value, s) for s in settings['seeds']]
         if any(r is None for r in rs):
             continue
-        cells = [f'{statistics.mean(r["drift"][st] for r in rs):.3f}' for st in stages]
+        cells = [f'{statistics.mean(r["drift"][st] for r in rs):.4f}' for st in stages]
         lines.append(f'| {METHOD_TITLE[method]} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
