@@ -15,7 +15,7 @@ ImageNet (the original classifier head on the fine-tuned backbone) and the per-b
     python tools/demo_tree_crowns.py --quick         # seconds: 3 iterations (a smoke test)
 
 The full benchmark (both tasks, four methods, three seeds, sweeps):
-``tools/experiments/real_finetune.py``.
+``projects/experiments/real_finetune.py``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'tools' / 'experiments'))
+sys.path.insert(0, str(ROOT / 'projects' / 'experiments'))
 
 import real_finetune  # noqa: E402
 

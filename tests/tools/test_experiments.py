@@ -1,4 +1,4 @@
-"""Tests of tools/experiments/{forgetting,scratch}.py in their ``--quick`` configuration.
+"""Tests of projects/experiments/{forgetting,scratch}.py in their ``--quick`` configuration.
 
 They run the real scripts (subprocess, seconds each) and check the output format: the
 markdown table's columns and rows, the JSON keys, finite numbers in range, all methods present.
@@ -19,8 +19,8 @@ from typing import Any, Dict, List
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FORGETTING = ROOT / 'tools' / 'experiments' / 'forgetting.py'
-SCRATCH = ROOT / 'tools' / 'experiments' / 'scratch.py'
+FORGETTING = ROOT / 'projects' / 'experiments' / 'forgetting.py'
+SCRATCH = ROOT / 'projects' / 'experiments' / 'scratch.py'
 PLOT = ROOT / 'tools' / 'analysis' / 'plot_drift.py'
 FT_METHODS = ['finetune', 'l2sp', 'dualopt', 'dualopt_ref']
 SCRATCH_METHODS = ['no_decay', 'adamw', 'dualopt', 'dualopt_reverse']
@@ -165,7 +165,7 @@ def test_forgetting_sgd_base(tmp_path: Path) -> None:
 
 def test_forgetting_sweep_selects_on_validation() -> None:
     spec = importlib.util.spec_from_file_location(
-        'common', ROOT / 'tools' / 'experiments' / 'common.py')
+        'common', ROOT / 'projects' / 'experiments' / 'common.py')
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
     sweep = [{'value': v, 'summary': {'down_val': {'mean': m}}}

@@ -1,4 +1,4 @@
-"""Tests of tools/experiments/real_finetune.py and tools/demo_tree_crowns.py in their ``--quick``
+"""Tests of projects/experiments/real_finetune.py and tools/demo_tree_crowns.py in their ``--quick``
 form (real mmengine runs of the configs/real/ models on the converted real data, a few
 iterations each), and of the README's real-data table against the committed results file."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / 'tools' / 'experiments' / 'real_finetune.py'
+TOOL = ROOT / 'projects' / 'experiments' / 'real_finetune.py'
 DEMO = ROOT / 'tools' / 'demo_tree_crowns.py'
 RESULTS = ROOT / 'docs' / 'results' / 'real_finetune.json'
 BEGIN, END = '<!-- real_finetune:begin -->', '<!-- real_finetune:end -->'
-sys.path.insert(0, str(ROOT / 'tools' / 'experiments'))
+sys.path.insert(0, str(ROOT / 'projects' / 'experiments'))
 
 
 def _installed() -> bool:

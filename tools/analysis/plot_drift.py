@@ -12,7 +12,7 @@ Drift of a block (the constructor's layer unit, e.g. ``backbone.layer1.0``) is
     Drawn: drift vs iteration, one curve per block coloured by depth (``drift/all`` dashed
     black), and the level ``k_i`` of every tensor vs its layer index. A work directory is
     accepted too: its newest ``<timestamp>/vis_data/scalars.json`` is used.
-``--drift``: the ``drift.json`` written by ``tools/experiments/forgetting.py``
+``--drift``: the ``drift.json`` written by ``projects/experiments/forgetting.py``
     Drawn: final drift per layer, one line (with ± std band) per method; with
     ``--relative-to finetune`` also each method's drift divided by that method's, per layer.
 
@@ -133,7 +133,7 @@ def read_forgetting_drift(path: str) -> Dict[str, Any]:
         data = json.load(f)
     if not isinstance(data, dict) or 'layers' not in data or 'methods' not in data:
         raise ValueError(f'{path}: expected an object with "layers" and "methods" '
-                         '(the drift.json of tools/experiments/forgetting.py)')
+                         '(the drift.json of projects/experiments/forgetting.py)')
     n = len(data['layers'])
     for key, method in data['methods'].items():
         if len(method.get('mean', [])) != n:
@@ -340,7 +340,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Plot per-layer drift ‖θ−θ₀‖/‖θ₀‖ from an mmengine run with '
                     'WeightRollbackHook (curves + level profile) and/or the per-method drift '
-                    'of tools/experiments/forgetting.py, into one PNG.',
+                    'of projects/experiments/forgetting.py, into one PNG.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--log-dir', help='mmengine log dir (<work_dir>/<timestamp>), a work '
                         'dir (newest run), or a scalars.json file')

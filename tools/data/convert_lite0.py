@@ -16,7 +16,7 @@ Output (one ``torch.save`` file, loadable with ``weights_only=True``):
 ``imagenet_head``
     ``conv_head``, ``bn2`` and ``classifier`` tensors (not part of the detector / segmentor):
     with them a fine-tuned backbone is put back on the original ImageNet classifier to measure
-    what it kept (``tools/experiments/real_finetune.py``);
+    what it kept (``projects/experiments/real_finetune.py``);
 ``meta``
     source file and its sha256, timm version, and the ImageNet check result.
 

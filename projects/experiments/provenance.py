@@ -1,6 +1,6 @@
 """What produced a results file: code version, library versions, threads and BLAS.
 
-Every results JSON of ``tools/experiments/`` stores :func:`collect` under ``provenance`` so a
+Every results JSON of ``projects/experiments/`` stores :func:`collect` under ``provenance`` so a
 number can be traced to the commit and the environment it came from (CPU results depend on
 the BLAS / oneDNN build and the number of threads as well as on the code).
 """

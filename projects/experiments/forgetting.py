@@ -35,8 +35,8 @@ whole sweep are reported too. ``--no-sweep`` runs the defaults only.
 
 Example::
 
-    python tools/experiments/forgetting.py --out-dir work_dirs/forgetting
-    python tools/experiments/forgetting.py --quick --out-dir /tmp/fq   # seconds, for tests
+    python projects/experiments/forgetting.py --out-dir work_dirs/forgetting
+    python projects/experiments/forgetting.py --quick --out-dir /tmp/fq   # seconds, for tests
 
 Outputs in ``--out-dir``: ``results.md`` (also printed), ``results.json``, ``drift.csv`` (one
 row per method, setting, seed and layer), ``drift.json`` / ``drift_default.json`` (per-layer
@@ -376,7 +376,7 @@ def write_drift_files(out_dir: str, result: Dict[str, Any],
                 'mean': [per[layer]['mean'] for layer in layers],
                 'std': [per[layer]['std'] for layer in layers]}
         common.write_json(os.path.join(out_dir, name), {
-            'source': 'tools/experiments/forgetting.py', 'settings': which,
+            'source': 'projects/experiments/forgetting.py', 'settings': which,
             'metric': '||theta - theta_0|| / ||theta_0|| per backbone layer',
             'layers': layers, 'methods': methods})
 

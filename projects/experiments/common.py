@@ -271,7 +271,7 @@ def import_dualopt() -> Any:
     except ModuleNotFoundError as error:
         if error.name != 'dualopt_mm':
             raise
-        # not installed: use the checkout this script lives in (<repo>/tools/experiments/)
+        # not installed: use the checkout this script lives in (<repo>/projects/experiments/)
         repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if not os.path.isfile(os.path.join(repo_root, 'dualopt_mm', '__init__.py')):
             raise ImportError('cannot import the DualOpt optimizers: dualopt_mm is not installed '

@@ -41,9 +41,9 @@ README's table is that output for ``docs/results/real_finetune.json``.
 
 Examples::
 
-    python tools/experiments/real_finetune.py --threads 1 --out-dir work_dirs/real_finetune
-    python tools/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~3 minutes
-    python tools/experiments/real_finetune.py --render docs/results/real_finetune.json \\
+    python projects/experiments/real_finetune.py --threads 1 --out-dir work_dirs/real_finetune
+    python projects/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~3 minutes
+    python projects/experiments/real_finetune.py --render docs/results/real_finetune.json \\
         --plot docs/images/real_finetune_drift.png --update-readme README.md
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tools' / 'data'))
-sys.path.insert(0, str(ROOT / 'tools' / 'experiments'))
+sys.path.insert(0, str(ROOT / 'projects' / 'experiments'))
 
 import provenance  # noqa: E402
 
@@ -428,7 +428,7 @@ def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, path
                partial: bool) -> Dict[str, Any]:
     import real_sources
     results = {
-        'tool': 'tools/experiments/real_finetune.py',
+        'tool': 'projects/experiments/real_finetune.py',
         'partial': partial,
         'settings': {
             'tasks': list(args.tasks), 'methods': list(args.methods), 'seeds': list(args.seeds),

@@ -28,8 +28,8 @@ per seed).
 
 Example::
 
-    python tools/experiments/scratch.py --out-dir work_dirs/scratch
-    python tools/experiments/scratch.py --quick --out-dir /tmp/sq   # seconds, for tests
+    python projects/experiments/scratch.py --out-dir work_dirs/scratch
+    python projects/experiments/scratch.py --quick --out-dir /tmp/sq   # seconds, for tests
 
 Outputs in ``--out-dir``: ``results.md`` (also printed) and ``results.json``.
 """
