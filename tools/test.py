@@ -42,7 +42,7 @@ def _import_dualopt_mm() -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     _import_dualopt_mm()
-    from dualopt_mm.utils.run_tools import add_runner_arguments, export_local_rank
+    from dualopt_mm.runner_cli import add_runner_arguments, export_local_rank
 
     parser = argparse.ArgumentParser(
         description='Test (and evaluate) a detector, segmentor or classifier checkpoint.')
@@ -111,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from mmengine.registry import init_default_scope
 
     from dualopt_mm.compat import apply_all
-    from dualopt_mm.utils.run_tools import build_runner, load_config
+    from dualopt_mm.runner_cli import build_runner, load_config
 
     apply_all()
 

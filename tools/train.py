@@ -50,7 +50,7 @@ def _import_dualopt_mm() -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     _import_dualopt_mm()
-    from dualopt_mm.utils.run_tools import add_runner_arguments, export_local_rank
+    from dualopt_mm.runner_cli import add_runner_arguments, export_local_rank
 
     parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier.')
     parser.add_argument('config', help='train config file path')
@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)  # also imports dualopt_mm
 
     from dualopt_mm.compat import apply_all
-    from dualopt_mm.utils.run_tools import build_runner, load_config
+    from dualopt_mm.runner_cli import build_runner, load_config
 
     apply_all()
 

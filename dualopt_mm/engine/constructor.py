@@ -3,7 +3,7 @@
 The constructor decides, for every trainable tensor of the model, whether it is reviewed
 (rolled back toward its pretrained value, or decayed toward 0 from scratch) and its global
 layer index, and writes that into the tensor's param group. The optimizers only read
-per-group scalars (docs/design.md).
+per-group scalars (docs/integration.md).
 """
 from __future__ import annotations
 
@@ -447,7 +447,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """k_unit='base_lr': a group whose lr is r times the optimizer's lr (``lr_mult``,
         ``bias_lr_mult``, layer-wise lr decay) gets levels r·k, so that
         λ = (η_t / η_base) · k_i with η_base the *optimizer's* base lr: λ stays proportional
-        to the group's lr, as in the papers' λ = η·k (README, "Levels and lr multipliers")."""
+        to the group's lr, as in the papers' λ = η·k (docs/integration.md, "Levels follow the
+        lr multipliers")."""
         base_lr = self.base_lr
         if not base_lr:
             return

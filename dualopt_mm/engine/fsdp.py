@@ -30,7 +30,7 @@ def is_fsdp(model: nn.Module) -> bool:
 
 
 def check_fsdp(model: nn.Module, mode: str, skip_1d: Optional[bool]) -> None:
-    """Refuse the FSDP setups DualOpt cannot run (README, FAQ "FSDP").
+    """Refuse the FSDP setups DualOpt cannot run (docs/integration.md, FAQ "FSDP").
 
     Supported: ``use_orig_params=True`` (the optimizer sees each tensor's local shard under its
     own name), with ``skip_1d`` False (the default in finetune mode): shards are flat, so a
@@ -42,8 +42,8 @@ def check_fsdp(model: nn.Module, mode: str, skip_1d: Optional[bool]) -> None:
             'DualOpt under FSDP needs use_orig_params=True (model_wrapper=dict(type='
             "'MMFullyShardedDataParallel', use_orig_params=True)): with flat parameters the "
             "optimizer cannot tell the model's tensors apart (names, pretrained split, block "
-            'index). Or shard only the optimizer state with ZeRO-1 (README, FAQ "Large '
-            'backbones")')
+            'index). Or shard only the optimizer state with ZeRO-1 (docs/integration.md, FAQ '
+            '"Large backbones")')
     skips = mode == 'scratch' if skip_1d is None else skip_1d
     if skips and mode != 'none':
         raise NotImplementedError(

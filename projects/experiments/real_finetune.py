@@ -37,14 +37,14 @@ the validation split (sweep on ``--sweep-seeds``, then the selected value on all
 
 Outputs in ``--out-dir``: ``results.json`` (every run, provenance), ``results.md`` (tables),
 ``drift.png`` (per-block drift). ``--render results.json`` re-renders the tables only; the
-README's table is that output for ``docs/results/real_finetune.json``.
+The table in docs/experiments.md is that output for ``docs/results/real_finetune.json``.
 
 Examples::
 
     python projects/experiments/real_finetune.py --threads 1 --out-dir work_dirs/real_finetune
     python projects/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~3 minutes
     python projects/experiments/real_finetune.py --render docs/results/real_finetune.json \\
-        --plot docs/images/real_finetune_drift.png --update-readme README.md
+        --plot docs/images/real_finetune_drift.png --update-readme docs/experiments.md
 """
 from __future__ import annotations
 
@@ -293,7 +293,7 @@ def run_one(task: str, method: str, value: float, seed: int, args: argparse.Name
             ) -> Dict[str, Any]:
     from mmengine.logging import MMLogger
 
-    from dualopt_mm.utils.run_tools import build_runner
+    from dualopt_mm.runner_cli import build_runner
     t0 = time.time()
     work_dir = Path(args.out_dir) / 'runs' / f'{task}_{method}_{value:g}_s{seed}'
     cfg = build_cfg(task, method, value, seed, args, paths, work_dir)

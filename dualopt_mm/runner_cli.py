@@ -2,7 +2,7 @@
 config set-up from those options, and the runner construction.
 
 The scripts also run as ``dualopt_mm/.mim/tools/*.py`` (``mim train`` / ``mim test``), so they
-import this module absolutely (``from dualopt_mm.utils.run_tools import ...``) after making
+import this module absolutely (``from dualopt_mm.runner_cli import ...``) after making
 ``dualopt_mm`` importable.
 """
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Helpers shared by the entry points of this repository (``tools/train.py``, ``tools/test.py``)."""
