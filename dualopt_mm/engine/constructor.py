@@ -30,6 +30,7 @@ from ..optim.hyperparams import (
     close_matches,
     did_you_mean,
 )
+from ..registry import optimizer_class
 from .base_constructor import (
     DEFAULT_CONSTRUCTOR,
     DEFAULT_PARAMWISE_KEYS,
@@ -327,17 +328,17 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         its ``optimizer_type`` swapped like a plain optimizer; :attr:`local_optimizer` is then
         the class of the local optimizer, else the optimizer class itself.
         """
-        optimizer_cls = self._registered(self.optimizer_cfg['type'])
+        optimizer_cls = optimizer_class(self.optimizer_cfg['type'])
         #: the ``optimizer_type`` a ZeRO optimizer gets (None: not ZeRO)
         self.zero_optimizer_type: Optional[str] = None
         if _is_zero(optimizer_cls):
             inner = self.optimizer_cfg.get('optimizer_type', 'SGD')
-            local_cls = self._registered(inner)
+            local_cls = optimizer_class(inner)
             swapped = False
             if self.options.swap_optimizer:
                 for torch_name, dualopt_name in SWAPS.items():
                     if local_cls is getattr(torch.optim, torch_name):
-                        local_cls, inner, swapped = self._registered(dualopt_name), \
+                        local_cls, inner, swapped = optimizer_class(dualopt_name), \
                             dualopt_name, True
             self.zero_optimizer_type = inner if isinstance(inner, str) else local_cls
             self.local_optimizer: type = local_cls
@@ -347,20 +348,9 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return optimizer_cls, False
         for torch_name, dualopt_name in SWAPS.items():
             if optimizer_cls is getattr(torch.optim, torch_name):
-                self.local_optimizer = self._registered(dualopt_name)
+                self.local_optimizer = optimizer_class(dualopt_name)
                 return self.local_optimizer, True
         return optimizer_cls, False
-
-    @staticmethod
-    def _registered(optimizer_type: Any) -> type:
-        if not isinstance(optimizer_type, str):
-            return optimizer_type
-        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-            optimizer_cls = registry.get(optimizer_type)
-        if optimizer_cls is None:
-            raise ValueError(f'optimizer type {optimizer_type!r} is not registered in '
-                             'OPTIMIZERS')
-        return optimizer_cls
 
     # -- param groups ----------------------------------------------------------------------
     def build_groups(self, model: nn.Module) -> list[dict]:

@@ -41,18 +41,8 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from ..optim.base import reviews_itself
 from ..optim.levels import layer_level
+from ..registry import optimizer_class
 from .report import review_setting, skips_tensor
-
-
-def _optimizer_class(optimizer_type: Any) -> type:
-    if not isinstance(optimizer_type, str):
-        return optimizer_type
-    with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-        cls = registry.get(optimizer_type)
-    if cls is None:
-        raise ValueError(f'optimizer_type {optimizer_type!r} is not registered in OPTIMIZERS '
-                         '(import dualopt_mm, or name a torch.optim class)')
-    return cls
 
 
 @OPTIMIZERS.register_module()
@@ -70,7 +60,7 @@ class DualOptZeroRedundancyOptimizer(ZeroRedundancyOptimizer):
     def __init__(self, params: Iterable[Any], optimizer_type: Any = 'DualOptAdamW',
                  **kwargs: Any) -> None:
         params = list(params)
-        optimizer_cls = _optimizer_class(optimizer_type)
+        optimizer_cls = optimizer_class(optimizer_type)
         if reviews_itself(optimizer_cls):
             for index, group in enumerate(params):
                 if not isinstance(group, dict):
