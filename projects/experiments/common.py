@@ -414,8 +414,15 @@ class Progress:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, out_dir: str) -> None:
-    """Add ``--out-dir`` (default ``out_dir``) and ``--seeds``."""
+    """Add ``--out-dir`` (default ``out_dir``), ``--seeds`` and ``--render`` /
+    ``--update-doc``."""
     parser.add_argument('--out-dir', default=out_dir, help='output folder')
+    parser.add_argument('--render', metavar='RESULTS_JSON',
+                        help='print the tables of a results.json (committed copies: '
+                             'docs/results/) and exit; no training')
+    parser.add_argument('--update-doc', metavar='MARKDOWN',
+                        help='with --render: replace the text between the markers '
+                             '<!-- NAME:begin --> and <!-- NAME:end --> of this page')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4],
                         help='seeds (each one fixes split, init and batch order)')
 
@@ -473,3 +480,26 @@ def write_results(out_dir: str, markdown: str, result: Dict[str, Any]) -> None:
     with open(os.path.join(out_dir, 'results.md'), 'w', encoding='utf-8') as f:
         f.write(markdown + '\n')
     write_json(os.path.join(out_dir, 'results.json'), result)
+
+
+def render_results(path: str, render: Callable[[Dict[str, Any]], str], name: str,
+                   update_doc: Optional[str] = None) -> str:
+    """The tables of a results file, printed; with ``update_doc`` also written between the
+    ``<!-- name:begin -->`` / ``<!-- name:end -->`` markers of that page (docs/experiments.md
+    is generated this way, and a test checks it)."""
+    with open(path, encoding='utf-8') as f:
+        text = render(json.load(f)).rstrip('\n')
+    # headings three levels down, to sit under the page's own sections
+    text = '\n'.join('###' + line if line.startswith('#') else line for line in text.split('\n'))
+    print(text)
+    if update_doc:
+        begin, end = f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+        with open(update_doc, encoding='utf-8') as f:
+            page = f.read()
+        if begin not in page or end not in page:
+            raise SystemExit(f'{update_doc} has no {begin} ... {end} section')
+        head, rest = page.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        with open(update_doc, 'w', encoding='utf-8') as f:
+            f.write(f'{head}{begin}\n{text}\n{end}{tail}')
+    return text

@@ -476,6 +476,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the experiment; write and return the results."""
     args = parse_args(argv)
+    if args.render:
+        common.render_results(args.render, render_markdown, 'forgetting', args.update_doc)
+        return {}
     start = time.time()
     methods = common.prepare_run(args, make_methods(args.base, args.quick))
     settings = RunSettings(base=args.base, lr=args.lr, ref_lr=args.ref_lr,

@@ -250,6 +250,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the experiment; write and return the results."""
     args = parse_args(argv)
+    if args.render:
+        common.render_results(args.render, render_markdown, 'scratch', args.update_doc)
+        return {}
     start = time.time()
     methods = common.prepare_run(args, make_methods(args.quick))
     total = len(args.seeds) * sum(len(m.grid) for m in methods.values())

@@ -214,3 +214,20 @@ def test_scratch_help() -> None:
     assert proc.returncode == 0
     for flag in ('--seeds', '--epochs', '--quick', '--out-dir', '--train-per-class'):
         assert flag in proc.stdout
+
+
+@pytest.mark.parametrize('name,script', [('forgetting', FORGETTING), ('scratch', SCRATCH)])
+def test_docs_tables_are_the_rendered_committed_results(name, script) -> None:
+    """docs/experiments.md's tables are the tool's rendering of the committed results file,
+    which records what produced it (commit, versions, threads, BLAS)."""
+    results = ROOT / 'docs' / 'results' / f'{name}.json'
+    provenance = json.loads(results.read_text())['environment']['provenance']
+    assert {'git_commit', 'versions', 'threads', 'blas'} <= set(provenance), provenance
+    assert {'torch', 'numpy'} <= set(provenance['versions'])
+    proc = run(script, '--render', str(results))
+    assert proc.returncode == 0, proc.stderr
+    page = (ROOT / 'docs' / 'experiments.md').read_text()
+    begin, end = f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+    assert begin in page and end in page
+    section = page.split(begin, 1)[1].split(end, 1)[0].strip('\n')
+    assert section == proc.stdout.rstrip('\n')
