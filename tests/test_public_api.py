@@ -100,7 +100,6 @@ def test_constructor_and_hook_config_keys():
     from dualopt_mm.engine import DualOptOptions, WeightRollbackHook
 
     options = DualOptOptions.from_cfg(CONSTRUCTOR_KEYS)
-    assert options.k_max == 0.02 and options.anchor_dtype == 'bfloat16'
     assert options.optimizer_kwargs() == dict(k_max=0.02, k_min=0.001, gamma=2.0,
                                               k_unit='absolute', reverse=True, skip_1d=True,
                                               anchor_dtype='bfloat16')

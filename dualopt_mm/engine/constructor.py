@@ -133,12 +133,6 @@ class DualOptOptions:
         options.validate()
         return options
 
-    def __getattr__(self, name: str) -> Any:
-        """``options.k_max`` etc.: the given review value, None when not given."""
-        if name in OPTIMIZER_KEYS:
-            return self.__dict__.get('review', {}).get(name)
-        raise AttributeError(name)
-
     def validate(self) -> None:
         """Refuse bad values, naming them and what is allowed."""
         if self.mode is not None:
@@ -474,8 +468,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         self.auto_scratch = False
         sources = self._decide_mode(model)
         if fsdp:
-            skip_1d = self.options.skip_1d if self.options.skip_1d is not None else \
-                self.optimizer_cfg.get('skip_1d')
+            skip_1d = self.options.review.get('skip_1d', self.optimizer_cfg.get('skip_1d'))
             check_fsdp(model, self.mode, skip_1d)
 
         extra = self.options.optimizer_kwargs()

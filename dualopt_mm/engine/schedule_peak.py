@@ -7,6 +7,7 @@ overlap).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from mmengine.optim.scheduler import (
@@ -70,8 +71,7 @@ def flatten_schedulers(schedulers: Any) -> list[Any]:
     return [schedulers]
 
 
-def peak_lr(base_lr: float, schedulers: Any) -> float:
-    """An upper bound of the lr that ``schedulers`` (a runner's ``param_schedulers``) reach
-    from ``base_lr``."""
-    flat = flatten_schedulers(schedulers)
-    return base_lr * math.prod(lr_peak_factor(s, base_lr) for s in flat)
+def peak_lr(base_lr: float, schedulers: Sequence[Any]) -> float:
+    """An upper bound of the lr that ``schedulers`` (flattened by :func:`flatten_schedulers`
+    from a runner's ``param_schedulers``) reach from ``base_lr``."""
+    return base_lr * math.prod(lr_peak_factor(s, base_lr) for s in schedulers)

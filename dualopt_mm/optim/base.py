@@ -9,7 +9,7 @@ through four small methods (:meth:`DualOptOptimizer._static_key`, ``_new_batch``
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional, Union
 
 import torch
@@ -268,6 +268,9 @@ class DualOptOptimizer(Optimizer):
             self._max_levels: list[float] = []
             self._resolved_signatures: Optional[list[tuple]] = None
             self._hyperparameters_changed = False
+            # warn-once bookkeeping (not in the state_dict, like the levels)
+            self._warned_lr_above_base_lr: set[int] = set()
+            self._warned_tensor_order = False
 
     @staticmethod
     def _signature(group: dict[str, Any]) -> tuple:
@@ -293,7 +296,7 @@ class DualOptOptimizer(Optimizer):
         """Say once when many one-tensor groups carry no ``layer_id``: mmengine's constructors
         (``paramwise_cfg``, layer-wise lr decay) build such groups, and then every tensor gets a
         level of its own and every group is reviewed, new heads included."""
-        if self.__dict__.get('_warned_tensor_order') or len(implicit) < 8 or not all(
+        if self._warned_tensor_order or len(implicit) < 8 or not all(
                 len(self.param_groups[gi]['params']) == 1 for gi in implicit):
             return
         self._warned_tensor_order = True
@@ -421,11 +424,13 @@ class DualOptOptimizer(Optimizer):
     # ------------------------------------------------------------------ anchors
     @staticmethod
     def _new_anchor(p: Tensor, group: dict[str, Any]) -> Tensor:
+        """A copy of ``p`` (a parameter or the value to anchor it to) in the anchor dtype."""
         dtype = _dtype(group['anchor_dtype']) or p.dtype
         return p.detach().to(dtype=dtype, copy=True, memory_format=torch.preserve_format)
 
     @torch.no_grad()
-    def capture_anchors(self, params: Optional[Iterable[Tensor]] = None) -> int:
+    def capture_anchors(self, params: Optional[Iterable[Tensor]] = None,
+                        values: Optional[Mapping[Tensor, Tensor]] = None) -> int:
         r"""Store the current value of the reviewed finetune-mode tensors as :math:`\theta_0`.
 
         Overrides anchors captured before (lazily at a first step, or by an earlier call).
@@ -435,12 +440,17 @@ class DualOptOptimizer(Optimizer):
         Args:
             params: restrict to these tensors (each must belong to the optimizer); ``None``:
                 every reviewed tensor of every ``mode='finetune'`` group.
+            values: :math:`\theta_0` to store instead of the current value, by tensor (e.g.
+                read from a pretrained checkpoint); every captured tensor must have one, of
+                its shape.
 
         Returns:
             The number of anchors captured.
         """
         self._ensure_levels()
         wanted = None
+        if values is not None and params is None:
+            params = list(values)
         if params is not None:
             wanted = {id(p) for p in params}
             known = {id(p) for g in self.param_groups for p in g['params']}
@@ -454,7 +464,12 @@ class DualOptOptimizer(Optimizer):
             for p, level in zip(group['params'], group_levels):
                 if level is None or (wanted is not None and id(p) not in wanted):
                     continue
-                self.state[p]['anchor'] = self._new_anchor(p, group)
+                source = p if values is None else values[p]
+                if source.shape != p.shape:
+                    raise ValueError(f'capture_anchors: the value given for a tensor of shape '
+                                     f'{tuple(p.shape)} has shape {tuple(source.shape)}')
+                self.state[p]['anchor'] = self._new_anchor(
+                    source.to(device=p.device, dtype=p.dtype), group)
                 count += 1
         return count
 
@@ -502,10 +517,9 @@ class DualOptOptimizer(Optimizer):
                                base_lr: float, resolved: bool) -> None:
         """Warn once per group: with ``k_unit='base_lr'`` an lr above ``base_lr`` (a manual
         warm-up, OneCycle) makes the review ``lr / base_lr`` times stronger than ``k_max``."""
-        warned = self.__dict__.setdefault('_warned_lr_above_base_lr', set())
-        if index in warned:
+        if index in self._warned_lr_above_base_lr:
             return
-        warned.add(index)
+        self._warned_lr_above_base_lr.add(index)
         source = ('taken from the lr of its first step (no initial_lr: a hand-written warm-up?)'
                   if resolved or group.get('initial_lr') is None else
                   'from initial_lr (OneCycle-style schedules start below their peak)')

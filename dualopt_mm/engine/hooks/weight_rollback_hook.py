@@ -59,7 +59,7 @@ from ..pretrained import (
     state_dict_of,
 )
 from ..report import format_table, review_setting, skips_tensor
-from ..schedule_peak import peak_lr
+from ..schedule_peak import flatten_schedulers, peak_lr
 from .foreign_review import ForeignAnchors
 
 #: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
@@ -169,9 +169,10 @@ class WeightRollbackHook(Hook):
             raise ValueError(f'pretrained={pretrained!r}: allowed are "auto", "backbone", '
                              '"all" or a list of name prefixes')
         given = {k: v for k, v in hyperparameters.items() if v is not None}
-        if set(given) & {'mode', 'layer_id', 'num_layers', 'base_lr', 'anchor_dtype'}:
-            raise TypeError(f'WeightRollbackHook takes mode as its own argument and no '
-                            f'{sorted(set(given) - {"mode"})}: those are per-group keys')
+        per_group = sorted(set(given) & {'layer_id', 'num_layers', 'base_lr', 'anchor_dtype'})
+        if per_group:
+            raise TypeError(f'WeightRollbackHook does not take {per_group}: they are per-group '
+                            f'keys, set by DualOptOptimWrapperConstructor or the optimizer')
         self.settings: dict[str, Any] = review_kwargs(dict(given, mode=mode),
                                                       'WeightRollbackHook')
         check_review_group(self.settings, 'WeightRollbackHook')
@@ -283,11 +284,13 @@ class WeightRollbackHook(Hook):
         the resumed file itself); the reviewed set is refined to the tensors it holds. Without
         such a checkpoint the run stops, saying how to proceed.
         """
+        group_of = {id(p): g for g in optimizer.param_groups for p in g['params']}
+
         def unanchored() -> list[torch.Tensor]:
             return [p for p, layer_id, _, _ in optimizer.review_levels()
                     if layer_id is not None and optimizer.state.get(p)
                     and 'anchor' not in optimizer.state[p]
-                    and self._group_of(optimizer, p)['mode'] == 'finetune']
+                    and group_of[id(p)]['mode'] == 'finetune']
 
         missing = unanchored()
         if not missing:
@@ -312,20 +315,12 @@ class WeightRollbackHook(Hook):
                 f'{sources} hold no tensor for {len(without)} fine-tuned parameters '
                 f'({", ".join(without[:5])}): set their mode to \'none\' (paramwise_cfg '
                 f'custom_keys) or start a fresh DualOpt run with load_from=<pretrained>')
-        for p in missing:
-            group = self._group_of(optimizer, p)
-            dtype = getattr(torch, group['anchor_dtype']) if group.get('anchor_dtype') \
-                else p.dtype
-            optimizer.state[p]['anchor'] = weights[names[id(p)]].to(p.device, dtype).clone()
+        optimizer.capture_anchors(values={p: weights[names[id(p)]] for p in missing})
         print_log(
             f'WeightRollbackHook: the resumed optimizer state had no theta_0 (written by '
             f'another optimizer): theta_0 of {len(missing)} tensors taken from '
             f'{", ".join(sources)}, not from the resumed weights', logger='current',
             level=logging.WARNING)
-
-    @staticmethod
-    def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
-        return next(g for g in optimizer.param_groups if any(p is param for p in g['params']))
 
     def _refine(self, optimizer: torch.optim.Optimizer, names: dict[int, str],
                 filled: Optional[set[str]]) -> None:
@@ -421,6 +416,7 @@ class WeightRollbackHook(Hook):
         """λ ≤ 1 at the largest lr the schedule reaches, before the first iteration."""
         if self.check_lambda == 'off':
             return
+        schedulers = flatten_schedulers(runner.param_schedulers)
         for optimizer in self._optimizers:
             fallback = self._fallback(optimizer)
             for entry in self._entries[id(optimizer)]:
@@ -429,7 +425,7 @@ class WeightRollbackHook(Hook):
                     continue
                 group = entry.group
                 base = group.get('initial_lr', group['lr'])
-                peak = peak_lr(base, runner.param_schedulers)
+                peak = peak_lr(base, schedulers)
                 try:
                     review_weight(level, peak, group['base_lr'] or base,
                                   review_setting(group, 'k_unit', fallback),
