@@ -446,6 +446,9 @@ def prepare_run(args: argparse.Namespace, methods: Dict[str, Any]) -> Dict[str, 
     """Set the torch threads, create ``args.out_dir`` and return the methods ``--methods``
     selects (each with ``grid`` and ``default``), cut to the default value under ``--no-sweep``.
     """
+    if getattr(args, 'update_doc', None):
+        raise SystemExit('--update-doc writes the tables of a results file: it needs '
+                         '--render RESULTS_JSON (no training is run then)')
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
     methods = {k: m for k, m in methods.items() if k in args.methods}
@@ -482,6 +485,20 @@ def write_results(out_dir: str, markdown: str, result: Dict[str, Any]) -> None:
     write_json(os.path.join(out_dir, 'results.json'), result)
 
 
+def replace_marked_section(path: str, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in the page
+    ``path`` by ``text`` (how the rendered results tables reach docs/experiments.md)."""
+    begin, end = f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+    with open(path, encoding='utf-8') as f:
+        page = f.read()
+    if begin not in page or end not in page:
+        raise SystemExit(f'{path} has no {begin} ... {end} section')
+    head, rest = page.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(f'{head}{begin}\n{text.rstrip(chr(10))}\n{end}{tail}')
+
+
 def render_results(path: str, render: Callable[[Dict[str, Any]], str], name: str,
                    update_doc: Optional[str] = None) -> str:
     """The tables of a results file, printed; with ``update_doc`` also written between the
@@ -493,13 +510,5 @@ def render_results(path: str, render: Callable[[Dict[str, Any]], str], name: str
     text = '\n'.join('###' + line if line.startswith('#') else line for line in text.split('\n'))
     print(text)
     if update_doc:
-        begin, end = f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
-        with open(update_doc, encoding='utf-8') as f:
-            page = f.read()
-        if begin not in page or end not in page:
-            raise SystemExit(f'{update_doc} has no {begin} ... {end} section')
-        head, rest = page.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-        with open(update_doc, 'w', encoding='utf-8') as f:
-            f.write(f'{head}{begin}\n{text}\n{end}{tail}')
+        replace_marked_section(update_doc, name, text)
     return text

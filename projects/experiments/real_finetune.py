@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tools' / 'data'))
 sys.path.insert(0, str(ROOT / 'projects' / 'experiments'))
 
+import common  # noqa: E402
 import provenance  # noqa: E402
 
 CONFIGS = {
@@ -539,16 +540,6 @@ def render(results: Dict[str, Any]) -> str:
     return '\n'.join(out) + '\n'
 
 
-def update_readme(path: Path, text: str) -> None:
-    """Replace what lies between the README markers by ``text`` (the rendered tables)."""
-    readme = path.read_text()
-    if README_BEGIN not in readme or README_END not in readme:
-        raise ValueError(f'{path} has no {README_BEGIN} ... {README_END} section')
-    head, rest = readme.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
-    path.write_text(f'{head}{README_BEGIN}\n{text.rstrip(chr(10))}\n{README_END}{tail}')
-
-
 def plot_drift(results: Dict[str, Any], path: Path) -> Optional[Path]:
     try:
         import matplotlib
@@ -637,8 +628,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if args.plot:
             plot_drift(results, Path(args.plot))
         if args.update_readme:
-            update_readme(Path(args.update_readme), text)
+            common.replace_marked_section(args.update_readme, 'real_finetune', text)
         return results
+    if args.update_readme or args.plot:
+        raise SystemExit('--update-readme and --plot work on a results file: they need '
+                         '--render RESULTS_JSON')
     os.environ.setdefault('MPLBACKEND', 'Agg')
     out = Path(args.out_dir)
     if args.jobs > 1 and len(args.tasks) > 1:
