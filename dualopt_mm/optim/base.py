@@ -458,16 +458,21 @@ class DualOptOptimizer(Optimizer):
                 raise ValueError(f'capture_anchors: {len(wanted - known)} of the given tensors '
                                  f'are not parameters of this optimizer')
         count = 0
-        for group, group_levels in zip(self.param_groups, self._levels):
+        for gi, (group, group_levels) in enumerate(zip(self.param_groups, self._levels)):
             if group['mode'] != 'finetune':
                 continue
-            for p, level in zip(group['params'], group_levels):
+            for pi, (p, level) in enumerate(zip(group['params'], group_levels)):
                 if level is None or (wanted is not None and id(p) not in wanted):
                     continue
+                if values is not None and p not in values:
+                    raise ValueError(f'capture_anchors: no value given for '
+                                     f'{param_label(group, gi, pi)} (values must cover every '
+                                     f'tensor in params)')
                 source = p if values is None else values[p]
                 if source.shape != p.shape:
-                    raise ValueError(f'capture_anchors: the value given for a tensor of shape '
-                                     f'{tuple(p.shape)} has shape {tuple(source.shape)}')
+                    raise ValueError(f'capture_anchors: the value given for '
+                                     f'{param_label(group, gi, pi)} has shape '
+                                     f'{tuple(source.shape)}, the tensor {tuple(p.shape)}')
                 self.state[p]['anchor'] = self._new_anchor(
                     source.to(device=p.device, dtype=p.dtype), group)
                 count += 1

@@ -150,3 +150,18 @@ def test_step_closure_returns_loss(cls: type) -> None:
     expected = float((params[0].detach() ** 2).sum())
     assert float(opt.step(closure)) == pytest.approx(expected)
     assert opt.step() is None
+
+
+def test_capture_anchors_from_given_values() -> None:
+    """theta_0 from given values (a pretrained checkpoint): cast to the parameter's dtype, and
+    refused naming the tensor when a value is missing or of another shape."""
+    params = make_params([(2, 2), (2, 2)])
+    opt = DualOptSGD(params, lr=0.1)
+    given = {params[0]: torch.ones(2, 2, dtype=torch.float64), params[1]: torch.full((2, 2), 2.)}
+    assert opt.capture_anchors(values=given) == 2
+    assert opt.state[params[0]]['anchor'].dtype == params[0].dtype
+    assert torch.equal(opt.state[params[1]]['anchor'], torch.full((2, 2), 2.0))
+    with pytest.raises(ValueError, match='no value given for parameter 1 of param group 0'):
+        opt.capture_anchors(params, values={params[0]: torch.ones(2, 2)})
+    with pytest.raises(ValueError, match=r'parameter 0 of param group 0 has shape \(3,\)'):
+        opt.capture_anchors(values={params[0]: torch.ones(3)})
