@@ -39,7 +39,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-dir', default='work_dirs/demo_tree_crowns')
     parser.add_argument('--iters', type=int, default=DEMO_ITERS, help='training iterations')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0])
-    parser.add_argument('--threads', type=int, default=2, help='torch threads')
+    parser.add_argument('--jobs', type=int, default=2,
+                        help='worker processes (the two optimizers train side by side)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per worker')
     parser.add_argument('--quick', action='store_true', help='3 iterations, small evaluation')
     return parser.parse_args(argv)
 
@@ -48,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     rf_argv = ['--tasks', 'det', '--methods', 'stock', 'dualopt', '--no-sweep',
                '--seeds', *map(str, args.seeds), '--out-dir', args.out_dir,
-               '--threads', str(args.threads)]
+               '--jobs', str(args.jobs), '--threads', str(args.threads)]
     rf_argv += ['--quick'] if args.quick else ['--det-iters', str(args.iters)]
     results = real_finetune.main(rf_argv)
     print(f'drift plot: {Path(args.out_dir) / "drift.png"}')

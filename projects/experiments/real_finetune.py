@@ -35,16 +35,22 @@ similarity of the backbone's pooled output to the pretrained one on those 64 ima
 (seed-by-seed) deltas to ``stock``, for the defaults and for each method's knob selected on
 the validation split (sweep on ``--sweep-seeds``, then the selected value on all seeds).
 
-Outputs in ``--out-dir``: ``results.json`` (every run, provenance), ``results.md`` (tables),
-``drift.png`` (per-block drift). ``--render results.json`` re-renders the tables only; the
-The table in docs/experiments.md is that output for ``docs/results/real_finetune.json``.
+Runs are shared by ``--jobs`` worker processes (one torch thread each by default, so each run
+is deterministic whichever worker takes it); the sweep's grid runs go first so the selected
+values can start as soon as their grid is in.
+
+Outputs in ``--out-dir``: ``results.json`` (every run, provenance recorded at the start),
+``results.md`` (tables), ``drift.png`` (per-block drift). ``--render results.json`` re-renders
+the tables only: the full ones are docs/experiments.md's real-data section, the summary is the
+README's Results table, both for ``docs/results/real_finetune.json`` (a test checks both).
 
 Examples::
 
-    python projects/experiments/real_finetune.py --threads 1 --out-dir work_dirs/real_finetune
+    python projects/experiments/real_finetune.py --out-dir work_dirs/real_finetune  # ~1 hour
     python projects/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~3 minutes
     python projects/experiments/real_finetune.py --render docs/results/real_finetune.json \\
-        --plot docs/images/real_finetune_drift.png --update-readme docs/experiments.md
+        --plot docs/images/real_finetune_drift.png --update-doc docs/experiments.md \\
+        --update-readme README.md
 """
 from __future__ import annotations
 
@@ -105,7 +111,8 @@ RETENTION_METRICS = [('imagenet_top1', 'ImageNet top-1 (20 img, old head)', 100)
                      ('agreement', 'agreement w/ pretrained (44 img)', 100),
                      ('feature_cos', 'feature cosine to pretrained', 1),
                      ('drift_all', 'backbone drift', 1)]
-README_BEGIN, README_END = '<!-- real_finetune:begin -->', '<!-- real_finetune:end -->'
+# rendered tables live between '<!-- NAME:begin -->' and '<!-- NAME:end -->' of a page
+DOC_SECTION, README_SECTION = 'real_finetune', 'real_finetune_summary'
 PAIRED = {'det': ['test_in', 'test_cross'], 'seg': ['test', 'test_shifted']}
 
 
@@ -300,6 +307,7 @@ def run_one(task: str, method: str, value: float, seed: int, args: argparse.Name
     cfg = build_cfg(task, method, value, seed, args, paths, work_dir)
     runner = build_runner(cfg)
     runner.train()
+    train_s = time.time() - t0
     val = runner.val_loop.run() if runner.val_loop is not None else {}
     metrics = {'val': float(val['coco/bbox_mAP'] if task == 'det' else val['mIoU'])}
     metrics.update(evaluate(runner, cfg, task, paths, args))
@@ -310,9 +318,10 @@ def run_one(task: str, method: str, value: float, seed: int, args: argparse.Name
     wall = time.time() - t0
     MMLogger._instance_dict.clear()   # one logger per run; do not keep file handles around
     log(f'{task} {method:11s} {KNOB[method]}={value:g} seed {seed}: '
-        + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()) + f' ({wall:.0f} s)')
+        + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+        + f' ({wall:.0f} s, {train_s:.0f} s training)')
     return {'task': task, 'method': method, 'knob': KNOB[method], 'value': value, 'seed': seed,
-            'metrics': metrics, 'drift': blocks, 'wall_s': wall}
+            'metrics': metrics, 'drift': blocks, 'wall_s': wall, 'train_s': train_s}
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -338,96 +347,140 @@ def select(runs: List[Dict], task: str, method: str, grid: Sequence[float],
     return best
 
 
+Unit = Tuple[str, str, float, int]          # (task, method, knob value, seed): one training run
+
+
+class Plan:
+    """The runs the benchmark needs, handed out in the order that frees the selections first.
+
+    First the sweep grid of every swept (task, method) on ``--sweep-seeds`` (the defaults are in
+    the grids), detection before segmentation (its runs are longer), then the defaults on the
+    other seeds. When the last grid run of a (task, method) is in, its knob is selected on
+    validation and the selected value's runs on every seed go to the front of the queue.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.queue: List[Unit] = []
+        self.seen: set = set()
+        self.waiting: List[Tuple[str, str]] = []
+        order = sorted(args.tasks, key=lambda t: t != 'det')
+        for task in order:
+            if args.sweep and task in args.sweep_tasks:
+                for method in args.methods:
+                    self.waiting.append((task, method))
+                    for value in GRIDS[task][method][1]:
+                        self._add([(task, method, value, s) for s in args.sweep_seeds])
+        for task in order:
+            for method in args.methods:
+                self._add([(task, method, GRIDS[task][method][0], s) for s in args.seeds])
+
+    @staticmethod
+    def _key(unit: Unit) -> Tuple[str, str, str, int]:
+        return unit[0], unit[1], f'{unit[2]:.12g}', unit[3]
+
+    def _add(self, units: Sequence[Unit], front: bool = False) -> None:
+        new = [u for u in units if self._key(u) not in self.seen]
+        self.seen.update(self._key(u) for u in new)
+        self.queue = new + self.queue if front else self.queue + new
+
+    def next(self) -> Optional[Unit]:
+        return self.queue.pop(0) if self.queue else None
+
+    def planned(self) -> int:
+        return len(self.seen)
+
+    def update(self, runs: List[Dict], selection: Dict[str, Dict[str, float]]) -> None:
+        """Select every (task, method) whose grid is complete; queue its selected runs."""
+        for task, method in list(self.waiting):
+            grid = GRIDS[task][method][1]
+            if any(find(runs, task, method, v, s) is None
+                   for v in grid for s in self.args.sweep_seeds):
+                continue
+            self.waiting.remove((task, method))
+            chosen = select(runs, task, method, grid, self.args.sweep_seeds)
+            selection.setdefault(task, {})[method] = chosen
+            log(f'{task} {method}: selected {KNOB[method]}={chosen:g} on validation')
+            self._add([(task, method, chosen, s) for s in self.args.seeds], front=True)
+
+
+class Worker:
+    """One process's share of the benchmark: the converted data, the retention probe, θ₀."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+        torch.set_num_threads(args.threads)
+        import dualopt_mm  # noqa: F401  registers DualOpt*, L2SPHook, NormEvalHook
+        self.args = args
+        self.paths = prepare_data(Path(args.data_dir), args.quick)
+        self.retention = Retention(self.paths['lite0'])
+        self.anchor = self.retention.ckpt['state_dict']
+
+    def __call__(self, unit: Unit) -> Dict[str, Any]:
+        return run_one(*unit, self.args, self.paths, self.retention, self.anchor)
+
+
+_WORKER: Optional[Worker] = None
+
+
+def _start_worker(args: argparse.Namespace) -> None:
+    global _WORKER
+    _WORKER = Worker(args)
+
+
+def _run_in_worker(unit: Unit) -> Dict[str, Any]:
+    assert _WORKER is not None, 'the worker process was not initialised'
+    return _WORKER(unit)
+
+
 def run_all(args: argparse.Namespace) -> Dict[str, Any]:
-    import torch
-    torch.set_num_threads(args.threads)
+    """Every planned run, in ``--jobs`` worker processes (1: in this process), then the file."""
+    import concurrent.futures as cf
+    import multiprocessing
 
     import real_sources
-
-    import dualopt_mm  # noqa: F401  registers DualOpt*, L2SPHook, NormEvalHook
+    import torch
     t_start = time.time()
-    if getattr(args, '_provenance', None) is None:    # the code and environment at the start
-        args._provenance = provenance.collect(args.threads, data=real_sources.versions())
-    paths = prepare_data(Path(args.data_dir), args.quick)
-    retention = Retention(paths['lite0'])
-    args._pretrained = retention.pretrained()
-    anchor = retention.ckpt['state_dict']
-    log(f'pretrained Lite0: ImageNet top-1 {retention.pretrained()["imagenet_top1"] * 20:.0f}/20')
+    torch.set_num_threads(args.threads)
+    args._provenance = provenance.collect(args.threads, data=real_sources.versions())
+    worker = Worker(args)       # converts the data once, before any worker process starts
+    args._pretrained = worker.retention.pretrained()
+    log(f'pretrained Lite0: ImageNet top-1 {args._pretrained["imagenet_top1"] * 20:.0f}/20')
+    plan = Plan(args)
     runs: List[Dict[str, Any]] = []
     selection: Dict[str, Dict[str, float]] = {}
 
-    def ensure(task: str, method: str, value: float, seed: int) -> None:
-        if find(runs, task, method, value, seed) is None:
-            runs.append(run_one(task, method, value, seed, args, paths, retention, anchor))
-            if args.out_dir:
-                write_json(args, runs, selection, paths, time.time() - t_start, partial=True)
+    def finished(run: Dict[str, Any]) -> None:
+        runs.append(run)
+        plan.update(runs, selection)
+        log(f'progress: {len(runs)}/{plan.planned()} runs, '
+            f'{(time.time() - t_start) / 60:.1f} min')
+        if args.out_dir:
+            write_json(args, runs, selection, time.time() - t_start, partial=True)
 
-    for task in args.tasks:
-        for method in args.methods:
-            default, grid = GRIDS[task][method]
-            for seed in args.seeds:
-                ensure(task, method, default, seed)
-        if args.sweep and task in args.sweep_tasks:
-            selection[task] = {}
-            for method in args.methods:
-                default, grid = GRIDS[task][method]
-                for value in grid:
-                    for seed in args.sweep_seeds:
-                        ensure(task, method, value, seed)
-                chosen = select(runs, task, method, grid, args.sweep_seeds)
-                selection[task][method] = chosen
-                log(f'{task} {method}: selected {KNOB[method]}={chosen:g} on validation')
-                for seed in args.seeds:
-                    ensure(task, method, chosen, seed)
-    args._pretrained = retention.pretrained()
-    return write_json(args, runs, selection, paths, time.time() - t_start, partial=False)
-
-
-def run_parallel(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
-    """One subprocess per task (``--tasks <task> --out-dir <out>/<task>``), then merge."""
-    import subprocess
-
-    import real_sources
-    t0 = time.time()
-    prov = provenance.collect(args.threads, data=real_sources.versions())
-    prepare_data(Path(args.data_dir), args.quick)          # once, before the processes start
-    base = list(argv)
-    for flag in ('--jobs', '--out-dir', '--tasks'):      # drop these options and their values
-        while flag in base:
-            i = base.index(flag)
-            j = i + 1
-            while j < len(base) and not base[j].startswith('--'):
-                j += 1
-            del base[i:j]
-    procs = {}
-    for task in args.tasks:
-        sub_out = Path(args.out_dir) / task
-        cmd = [sys.executable, __file__, *base, '--tasks', task, '--out-dir', str(sub_out)]
-        log(f'starting {task}: {" ".join(cmd[1:])}')
-        procs[task] = subprocess.Popen(cmd)
-    for task, proc in procs.items():
-        if proc.wait() != 0:
-            raise RuntimeError(f'the {task} process failed (exit {proc.returncode})')
-    parts = [json.loads((Path(args.out_dir) / t / 'results.json').read_text())
-             for t in args.tasks]
-    merged = parts[0]
-    for part in parts[1:]:
-        merged['runs'] += part['runs']
-        merged['selection'].update(part['selection'])
-        for key in ('tasks', 'sweep_tasks'):
-            merged['settings'][key] += part['settings'][key]
-        for key in ('iters', 'grids', 'defaults'):
-            merged['settings'][key].update(part['settings'][key])
-    merged['settings']['jobs'] = args.jobs
-    merged['wall_s'] = time.time() - t0
-    merged['provenance'] = prov
-    merged['provenance']['command'] = ' '.join([Path(sys.argv[0]).name, *argv])
-    return merged
+    if args.jobs <= 1:
+        while (unit := plan.next()) is not None:
+            finished(worker(unit))
+    else:
+        del worker
+        context = multiprocessing.get_context('spawn')   # no fork of a process with OpenMP
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_start_worker,
+                                    initargs=(args,)) as pool:
+            in_flight: Dict[cf.Future, Unit] = {}
+            while True:
+                while len(in_flight) < args.jobs and (unit := plan.next()) is not None:
+                    in_flight[pool.submit(_run_in_worker, unit)] = unit
+                if not in_flight:
+                    break
+                done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    del in_flight[future]
+                    finished(future.result())
+    return write_json(args, runs, selection, time.time() - t_start, partial=False)
 
 
-def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, paths, wall: float,
+def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, wall: float,
                partial: bool) -> Dict[str, Any]:
-    import real_sources
     results = {
         'tool': 'projects/experiments/real_finetune.py',
         'partial': partial,
@@ -436,6 +489,7 @@ def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, path
             'sweep': bool(args.sweep), 'sweep_seeds': list(args.sweep_seeds),
             'sweep_tasks': [t for t in args.tasks if args.sweep and t in args.sweep_tasks],
             'iters': dict(args.iters), 'quick': bool(args.quick), 'threads': args.threads,
+            'jobs': args.jobs,
             'grids': {t: {m: list(GRIDS[t][m][1]) for m in args.methods} for t in args.tasks},
             'defaults': {t: {m: GRIDS[t][m][0] for m in args.methods} for t in args.tasks},
             'ref_lr': REF_LR,
@@ -444,8 +498,7 @@ def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, path
         'selection': selection,
         'runs': runs,
         'wall_s': wall,
-        'provenance': getattr(args, '_provenance', None)
-        or provenance.collect(args.threads, data=real_sources.versions()),
+        'provenance': args._provenance,
     }
     if args.out_dir:
         out = Path(args.out_dir)
@@ -465,10 +518,13 @@ def fmt(values: Sequence[float], scale: float, digits: int = 1) -> str:
     return f'{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}'
 
 
-def table(results: Dict[str, Any], task: str, tuned: bool) -> str:
+def table(results: Dict[str, Any], task: str, tuned: bool,
+          keys: Optional[Sequence[str]] = None) -> str:
+    """Mean ± std over seeds per method, and paired deltas to ``stock``: the defaults, or
+    (``tuned``) each method's knob selected on validation; ``keys``: only these metrics."""
     runs, settings = results['runs'], results['settings']
     seeds = settings['seeds']
-    metrics = TASK_METRICS[task] + RETENTION_METRICS
+    metrics = [m for m in TASK_METRICS[task] + RETENTION_METRICS if keys is None or m[0] in keys]
     deltas = PAIRED[task]
     titles = {k: t for k, t, _ in TASK_METRICS[task]}
     head = (['method', 'setting'] + [t for _, t, _ in metrics]
@@ -488,7 +544,8 @@ def table(results: Dict[str, Any], task: str, tuned: bool) -> str:
         rs = [find(runs, task, method, values[method], s) for s in seeds]
         if any(r is None for r in rs):
             continue
-        cells = [METHOD_TITLE[method], f'{KNOB[method]}={values[method]:g}']
+        cells = [METHOD_TITLE[method], f'{KNOB[method]}={values[method]:g}'
+                 + (' (val)' if tuned else '')]
         for key, _, scale in metrics:
             cells.append(fmt([r['metrics'][key] for r in rs], scale,
                              {'drift_all': 4, 'feature_cos': 3}.get(key, 1)))
@@ -540,6 +597,24 @@ def render(results: Dict[str, Any]) -> str:
     return '\n'.join(out) + '\n'
 
 
+def render_summary(results: Dict[str, Any]) -> str:
+    """The README's results tables: per task the defaults and the knobs selected on validation,
+    the test metrics and what the backbone kept of ImageNet (the full tables: ``render``)."""
+    s = results['settings']
+    out = [f"{len(s['seeds'])} seeds, mean ± std; Δ: paired difference to the stock optimizer, "
+           f"in points; \"(val)\": the method's knob selected on the validation split. "
+           f"Wall time {results['wall_s'] / 60:.0f} min on {results['provenance']['cpu_count']} "
+           f"CPU cores; {provenance.describe(results['provenance'])}."]
+    for task in s['tasks']:
+        keys = [k for k, _, _ in TASK_METRICS[task] if k in PAIRED[task]]
+        keys += ['imagenet_top1', 'feature_cos']
+        lines = table(results, task, False, keys).split('\n')
+        if results['selection'].get(task):
+            lines += table(results, task, True, keys).split('\n')[2:]
+        out += ['', f'**{TASK_TITLE[task]}**', '', *lines]
+    return '\n'.join(out) + '\n'
+
+
 def plot_drift(results: Dict[str, Any], path: Path) -> Optional[Path]:
     try:
         import matplotlib
@@ -587,11 +662,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--sweep-seeds', nargs='+', type=int, default=[0])
     parser.add_argument('--no-sweep', dest='sweep', action='store_false')
-    parser.add_argument('--sweep-tasks', nargs='+', default=['seg'], choices=['det', 'seg'],
-                        help='tasks that get the knob sweep (det adds ~40 min on 2 cores)')
+    parser.add_argument('--sweep-tasks', nargs='+', default=['det', 'seg'],
+                        choices=['det', 'seg'], help='tasks that get the knob sweep')
     parser.add_argument('--jobs', type=int, default=2,
-                        help='run the tasks in this many parallel processes (one per task), '
-                             'then merge their results')
+                        help='worker processes that share the runs (1: all in this process)')
     parser.add_argument('--det-iters', type=int, default=None)
     parser.add_argument('--seg-iters', type=int, default=None)
     parser.add_argument('--threads', type=int, default=1, help='torch threads (1: deterministic)')
@@ -600,9 +674,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--render', metavar='RESULTS_JSON',
                         help='print the tables of a results file and exit')
     parser.add_argument('--plot', metavar='PNG', help='with --render: also write the drift plot')
+    parser.add_argument('--update-doc', metavar='MARKDOWN',
+                        help='with --render: write the full tables between the page\'s '
+                             f'<!-- {DOC_SECTION}:begin/end --> markers (docs/experiments.md)')
     parser.add_argument('--update-readme', metavar='README',
-                        help='with --render: replace the text between the README markers '
-                             f'{README_BEGIN} and {README_END} by the rendered tables')
+                        help='with --render: write the summary tables between the README\'s '
+                             f'<!-- {README_SECTION}:begin/end --> markers')
     args = parser.parse_args(argv)
     if args.quick:
         given = sys.argv[1:] if argv is None else list(argv)
@@ -627,18 +704,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(text, end='')
         if args.plot:
             plot_drift(results, Path(args.plot))
+        if args.update_doc:
+            common.replace_marked_section(args.update_doc, DOC_SECTION, text)
         if args.update_readme:
-            common.replace_marked_section(args.update_readme, 'real_finetune', text)
+            common.replace_marked_section(args.update_readme, README_SECTION,
+                                          render_summary(results))
         return results
-    if args.update_readme or args.plot:
-        raise SystemExit('--update-readme and --plot work on a results file: they need '
-                         '--render RESULTS_JSON')
+    if args.update_doc or args.update_readme or args.plot:
+        raise SystemExit('--update-doc, --update-readme and --plot work on a results file: '
+                         'they need --render RESULTS_JSON')
     os.environ.setdefault('MPLBACKEND', 'Agg')
     out = Path(args.out_dir)
-    if args.jobs > 1 and len(args.tasks) > 1:
-        results = run_parallel(args, argv if argv is not None else sys.argv[1:])
-    else:
-        results = run_all(args)
+    results = run_all(args)
     with open(out / 'results.json', 'w') as f:
         json.dump(results, f, indent=1)
     text = render(results)

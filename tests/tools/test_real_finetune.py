@@ -87,11 +87,66 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert (tmp_path / 'demo' / 'drift.png').is_file()
 
 
-def test_readme_table_is_the_rendered_committed_results() -> None:
+@pytest.mark.parametrize('page, section, renderer', [
+    ('docs/experiments.md', 'real_finetune', 'render'),
+    ('README.md', 'real_finetune_summary', 'render_summary')])
+def test_page_tables_are_the_rendered_committed_results(page, section, renderer) -> None:
     import real_finetune as rf
-    readme = (ROOT / 'docs' / 'experiments.md').read_text()
-    assert BEGIN in readme and END in readme
-    section = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip('\n')
+    text = (ROOT / page).read_text(encoding='utf-8')
+    begin, end = f'<!-- {section}:begin -->', f'<!-- {section}:end -->'
+    assert begin in text and end in text, f'{page} has no {begin} ... {end} section'
+    shown = text.split(begin, 1)[1].split(end, 1)[0].strip('\n')
     results = json.loads(RESULTS.read_text())
     assert not results['partial']
-    assert section == rf.render(results).strip('\n')
+    assert shown == getattr(rf, renderer)(results).strip('\n'), (
+        f'{page} is not the rendering of {RESULTS.name}: run real_finetune.py --render')
+
+
+def test_committed_results_are_complete_and_clean() -> None:
+    """The committed file is one full run of the current tool from a committed tree: every
+    method, 3+ seeds, both tasks swept and their selections run on every seed."""
+    import real_finetune as rf
+    results = json.loads(RESULTS.read_text())
+    s = results['settings']
+    assert set(s['tasks']) == {'det', 'seg'} and set(s['methods']) == set(rf.METHODS)
+    assert len(s['seeds']) >= 3 and set(s['sweep_tasks']) == {'det', 'seg'}
+    assert results['provenance']['git_dirty'] is False
+    assert 'git_commit_at_start' not in results['provenance']
+    for task in s['tasks']:
+        for method in s['methods']:
+            grid = s['grids'][task][method]
+            for value in grid:
+                assert rf.find(results['runs'], task, method, value, s['sweep_seeds'][0])
+            chosen = results['selection'][task][method]
+            assert chosen == rf.select(results['runs'], task, method, grid, s['sweep_seeds'])
+            for seed in s['seeds']:
+                assert rf.find(results['runs'], task, method, chosen, seed)
+                assert rf.find(results['runs'], task, method, s['defaults'][task][method], seed)
+
+
+def test_plan_order_and_selection() -> None:
+    """Grid runs first (detection first), then the defaults; a complete grid selects its knob
+    on validation and puts the selected runs at the front, each run planned once."""
+    import real_finetune as rf
+    args = rf.parse_args(['--methods', 'stock', 'dualopt', '--seeds', '0', '1', '2'])
+    plan = rf.Plan(args)
+    grid_units = [(t, m, v, 0) for t in ('det', 'seg') for m in ('stock', 'dualopt')
+                  for v in rf.GRIDS[t][m][1]]
+    assert plan.queue[:len(grid_units)] == grid_units
+    assert plan.planned() == len(grid_units) + 2 * 2 * 2     # + defaults on seeds 1, 2
+    runs, selection = [], {}
+    best = rf.GRIDS['det']['dualopt'][1][-1]                  # not the default
+    while (unit := plan.next()) is not None and unit[:2] == ('det', 'stock'):
+        runs.append({'task': unit[0], 'method': unit[1], 'value': unit[2], 'seed': unit[3],
+                     'metrics': {'val': 0.1}})
+        plan.update(runs, selection)
+    assert selection == {'det': {'stock': rf.GRIDS['det']['stock'][1][0]}}   # ties: the first
+    for v in rf.GRIDS['det']['dualopt'][1]:
+        runs.append({'task': 'det', 'method': 'dualopt', 'value': v, 'seed': 0,
+                     'metrics': {'val': 0.5 if v == best else 0.2}})
+    plan.update(runs, selection)
+    assert selection['det']['dualopt'] == best
+    assert plan.queue[:2] == [('det', 'dualopt', best, 1), ('det', 'dualopt', best, 2)]
+    planned = plan.planned()
+    plan.update(runs, selection)                              # nothing is planned twice
+    assert plan.planned() == planned
