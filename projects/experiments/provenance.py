@@ -93,8 +93,6 @@ def describe(prov: Dict[str, Any]) -> str:
     v = prov.get('versions', {})
     commit = (prov.get('git_commit') or 'unknown')[:10]
     commit += ' (dirty)' if prov.get('git_dirty') else ''
-    if prov.get('git_commit_at_start'):          # hand annotation, see the results file's note
-        commit = f"{prov['git_commit_at_start'][:10]} (started from; recorded: {commit})"
     return (f"commit {commit}; torch {v.get('torch')}, mmengine {v.get('mmengine')}, "
             f"mmdet {v.get('mmdet')}, mmseg {v.get('mmsegmentation')}, timm {v.get('timm')}, "
             f"numpy {v.get('numpy')}; {prov.get('threads')} torch thread(s); "
