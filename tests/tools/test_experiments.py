@@ -219,11 +219,12 @@ def test_scratch_help() -> None:
 @pytest.mark.parametrize('name,script', [('forgetting', FORGETTING), ('scratch', SCRATCH)])
 def test_docs_tables_are_the_rendered_committed_results(name, script) -> None:
     """docs/experiments.md's tables are the tool's rendering of the committed results file,
-    which records what produced it (commit, versions, threads, BLAS)."""
+    which records what produced it (commit, versions, threads, BLAS) from a committed tree."""
     results = ROOT / 'docs' / 'results' / f'{name}.json'
     provenance = json.loads(results.read_text())['environment']['provenance']
     assert {'git_commit', 'versions', 'threads', 'blas'} <= set(provenance), provenance
     assert {'torch', 'numpy'} <= set(provenance['versions'])
+    assert provenance['git_dirty'] is False, 'the committed results came from a modified tree'
     proc = run(script, '--render', str(results))
     assert proc.returncode == 0, proc.stderr
     page = (ROOT / 'docs' / 'experiments.md').read_text()
