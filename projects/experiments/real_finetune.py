@@ -91,12 +91,14 @@ METHOD_TITLE = {
     'l2sp': 'L2-SP (stock + L2SPHook)',
 }
 KNOB = {'stock': 'weight_decay', 'dualopt': 'k_max', 'dualopt_ref': 'k_max*lr', 'l2sp': 'alpha'}
-# (default, sweep grid) per task and method; the default is the config's / the paper's value
+# (default, sweep grid) per task and method; the default is the config's / the paper's value,
+# in the middle of a 5-point grid (two steps weaker, two stronger) as in the digits experiments
+ROLLBACK_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 GRIDS = {
-    'det': {'stock': (1e-4, (1e-4, 1e-3, 1e-2)), 'dualopt': (0.01, (0.003, 0.01, 0.03)),
-            'dualopt_ref': (0.01, (0.003, 0.01, 0.03)), 'l2sp': (0.01, (0.01, 0.1, 1.0))},
-    'seg': {'stock': (0.01, (0.01, 0.1, 1.0)), 'dualopt': (0.01, (0.003, 0.01, 0.03)),
-            'dualopt_ref': (0.01, (0.003, 0.01, 0.03)), 'l2sp': (0.01, (0.01, 0.1, 1.0))},
+    'det': {'stock': (1e-4, (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)), 'dualopt': (0.01, ROLLBACK_GRID),
+            'dualopt_ref': (0.01, ROLLBACK_GRID), 'l2sp': (0.01, (1e-3, 0.01, 0.1, 1.0, 10.0))},
+    'seg': {'stock': (0.01, (1e-3, 0.01, 0.1, 1.0, 10.0)), 'dualopt': (0.01, ROLLBACK_GRID),
+            'dualopt_ref': (0.01, ROLLBACK_GRID), 'l2sp': (0.01, (1e-3, 0.01, 0.1, 1.0, 10.0))},
 }
 REF_LR = 1e-4
 # metric keys: (key in a run's metrics, column title, scale to %)
