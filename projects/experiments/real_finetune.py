@@ -46,7 +46,7 @@ README's Results table, both for ``docs/results/real_finetune.json`` (a test che
 
 Examples::
 
-    python projects/experiments/real_finetune.py --out-dir work_dirs/real_finetune  # ~30 min
+    python projects/experiments/real_finetune.py --out-dir work_dirs/real_finetune  # ~40 min
     python projects/experiments/real_finetune.py --quick --out-dir /tmp/rf      # ~1 minute
     python projects/experiments/real_finetune.py --render docs/results/real_finetune.json \\
         --plot docs/images/real_finetune_drift.png --update-doc docs/experiments.md \\
