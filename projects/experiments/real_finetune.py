@@ -683,8 +683,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='with --render: write the summary tables between the README\'s '
                              f'<!-- {README_SECTION}:begin/end --> markers')
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f'--jobs {args.jobs}: give 1 (every run in this process) or more workers')
+    given = sys.argv[1:] if argv is None else list(argv)
+    unswept = sorted(set(args.sweep_tasks) - set(args.tasks))
+    if '--sweep-tasks' in given and args.sweep and unswept:
+        parser.error(f'--sweep-tasks {" ".join(unswept)}: not among --tasks '
+                     f'{" ".join(args.tasks)}; add it to --tasks or drop it from --sweep-tasks')
     if args.quick:
-        given = sys.argv[1:] if argv is None else list(argv)
         args.seeds = args.seeds if '--seeds' in given else [0, 1]
         args.sweep = False
         args.eval_images = 2
@@ -706,6 +712,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(text, end='')
         if args.plot:
             plot_drift(results, Path(args.plot))
+        if results.get('partial') and (args.update_doc or args.update_readme):
+            raise SystemExit(f'{args.render} is a partial run (written while it was running, or '
+                             'by a run that stopped): the pages show complete runs only; finish '
+                             'the run and render its results.json')
         if args.update_doc:
             common.replace_marked_section(args.update_doc, DOC_SECTION, text)
         if args.update_readme:

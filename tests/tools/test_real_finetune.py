@@ -150,3 +150,25 @@ def test_plan_order_and_selection() -> None:
     planned = plan.planned()
     plan.update(runs, selection)                              # nothing is planned twice
     assert plan.planned() == planned
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--jobs', '0'], '--jobs 0'),
+    (['--tasks', 'seg', '--sweep-tasks', 'det'], '--sweep-tasks det: not among --tasks seg')])
+def test_cli_refuses_settings_it_would_ignore(argv, message, capsys) -> None:
+    import real_finetune as rf
+    with pytest.raises(SystemExit):
+        rf.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_partial_results_do_not_reach_the_pages(tmp_path: Path) -> None:
+    results = json.loads(RESULTS.read_text())
+    results['partial'] = True
+    partial = tmp_path / 'partial.json'
+    partial.write_text(json.dumps(results))
+    page = tmp_path / 'page.md'
+    page.write_text('<!-- real_finetune:begin -->\nold\n<!-- real_finetune:end -->\n')
+    proc = _run(str(TOOL), '--render', str(partial), '--update-doc', str(page))
+    assert proc.returncode != 0 and 'is a partial run' in proc.stderr
+    assert 'old' in page.read_text()
