@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -38,6 +39,8 @@ for _path in reversed(HELPER_PATHS):
         sys.path.insert(0, _path)
 
 from synthetic_data import GeneratedDataset  # noqa: E402
+
+_RUN_IDS = itertools.count()
 
 __all__ = [
     'CycleResult',
@@ -102,6 +105,10 @@ def _loaders(cfg: Config) -> Iterable[tuple]:
 def _common(cfg: Config, work_dir: str, train_batch_size: int, val_batch_size: int) -> None:
     """Settings every e2e run shares: work_dir, no workers, per-iteration logs, fixed seed."""
     cfg.work_dir = work_dir
+    # Runner's DefaultScope, logger and visualizer are process-wide instances named
+    # '<experiment_name>_<timestamp in seconds>': unique, or two runs of one config file
+    # started within a second would share the first run's
+    cfg.experiment_name = f'e2e_{next(_RUN_IDS)}'
     for split, loader in _loaders(cfg):
         loader.batch_size = train_batch_size if split == 'train' else val_batch_size
         loader.num_workers = 0

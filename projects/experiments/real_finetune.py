@@ -175,6 +175,8 @@ def build_cfg(task: str, method: str, value: float, seed: int, args: argparse.Na
     cfg.default_hooks.logger.interval = max(1, iters // 5)
     cfg.log_level = 'WARNING'
     cfg.work_dir = str(work_dir)
+    # the Runner's scope, logger and visualizer are process-wide, named by experiment and second
+    cfg.experiment_name = work_dir.name
     cfg.randomness = dict(seed=seed, deterministic=False)
     cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
                        dist_cfg=dict(backend='gloo'))

@@ -95,3 +95,21 @@ def test_one_line_switch_keeps_the_config_meaning(package, path, tmp_path):
     # reviewed levels follow the block index: one level per block, 0..N in depth order
     ids = sorted({g['layer_id'] for g in reviewed})
     assert ids == list(range(len(ids))) and len(ids) < len(reviewed)
+
+
+def test_configs_of_other_packages_built_within_one_second_keep_their_scope(tmp_path,
+                                                                             monkeypatch):
+    """mmengine names the Runner's DefaultScope '<experiment>_<second>' and hands back an
+    existing instance of that name: two walks built within one second (CI's machine is fast
+    enough) must each resolve their model in their own package's registry."""
+    import time
+    monkeypatch.setattr(time, 'strftime', lambda fmt, *args: '20261203_000000')
+    (tmp_path / 'mmdet').mkdir()
+    (tmp_path / 'mmseg').mkdir()
+    mmdet = compare(osp.join(config_root('mmdet'), 'rtmdet/rtmdet_tiny_8xb32-300e_coco.py'),
+                    str(tmp_path / 'mmdet'))
+    mmseg = compare(osp.join(config_root('mmseg'),
+                             'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py'),
+                    str(tmp_path / 'mmseg'))
+    assert type(mmdet['runner'].model).__name__ == 'RTMDet'
+    assert type(mmseg['runner'].model).__name__ == 'EncoderDecoder'
