@@ -59,6 +59,7 @@ __all__ = [
     'run_tool',
     'tool_env',
     'train_resume_test',
+    'unique_experiment_name',
 ]
 
 #: Environment variables that would weaken or bypass what the tests check.
@@ -102,13 +103,18 @@ def _loaders(cfg: Config) -> Iterable[tuple]:
             yield split, cfg[name]
 
 
+def unique_experiment_name(prefix: str) -> str:
+    """``<prefix>_<n>``, a new name per call: a Runner's DefaultScope, logger and visualizer are
+    process-wide instances named ``<experiment_name>_<timestamp in seconds>``, and mmengine hands
+    back an existing one, so two Runners of one name built within a second would share the
+    first one's (e.g. mmseg's model looked up in mmpretrain's registry)."""
+    return f'{prefix}_{next(_RUN_IDS)}'
+
+
 def _common(cfg: Config, work_dir: str, train_batch_size: int, val_batch_size: int) -> None:
     """Settings every e2e run shares: work_dir, no workers, per-iteration logs, fixed seed."""
     cfg.work_dir = work_dir
-    # Runner's DefaultScope, logger and visualizer are process-wide instances named
-    # '<experiment_name>_<timestamp in seconds>': unique, or two runs of one config file
-    # started within a second would share the first run's
-    cfg.experiment_name = f'e2e_{next(_RUN_IDS)}'
+    cfg.experiment_name = unique_experiment_name('e2e')
     for split, loader in _loaders(cfg):
         loader.batch_size = train_batch_size if split == 'train' else val_batch_size
         loader.num_workers = 0

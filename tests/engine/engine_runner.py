@@ -3,18 +3,16 @@
 A plain module (not conftest.py) so that processes spawned by the DDP test can import it by
 name: two conftest modules (tests/ and tests/engine/) would shadow each other there.
 """
-import itertools
 from typing import Any, Dict, List, Optional
 
 import torch
+from e2e_harness import unique_experiment_name
 from engine_toys import ToyDetector
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import dualopt_mm.engine  # noqa: F401  (registers the constructor and the hook)
 from dualopt_mm.compat import enable_mmengine_checkpoint_loading
-
-_RUN_IDS = itertools.count()
 
 SGD = dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4)
 
@@ -67,7 +65,7 @@ def make_toy_runner(work_dir: str,
     return Runner(
         model=model if model is not None else toy_model(),
         work_dir=work_dir,
-        experiment_name=f'engine_toy_{next(_RUN_IDS)}',
+        experiment_name=unique_experiment_name('engine_toy'),
         train_dataloader=dict(dataset=ToyData(), batch_size=2, num_workers=0,
                               sampler=dict(type='DefaultSampler', shuffle=False),
                               collate_fn=dict(type='default_collate')),

@@ -3,13 +3,13 @@ the same model (random init, no weights) and compare them tensor by tensor.
 
 A plain module (not a conftest) shared by the walking test and by hand-run surveys.
 """
-import itertools
 import logging
 import os.path as osp
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from e2e_harness import unique_experiment_name
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
@@ -17,7 +17,6 @@ from mmengine.runner import Runner
 import dualopt_mm.engine  # noqa: F401
 
 PACKAGES = ('mmdet', 'mmseg', 'mmpretrain')
-_RUN_IDS = itertools.count()
 
 
 def config_root(package: str) -> str:
@@ -43,10 +42,7 @@ def build_runner(cfg: Config, work_dir: str) -> Runner:
     """A Runner of ``cfg`` on CPU (model built, nothing loaded, no data read)."""
     cfg = cfg.copy()
     cfg.work_dir = work_dir
-    # Runner's DefaultScope, logger and visualizer are process-wide instances named
-    # '<experiment_name>_<timestamp in seconds>': two configs of one file name built within a
-    # second would share the first one's scope (e.g. mmseg's beit config built in mmpretrain's)
-    cfg.experiment_name = f'upstream_walk_{next(_RUN_IDS)}'
+    cfg.experiment_name = unique_experiment_name('upstream_walk')  # every config is switched.py
     cfg.launcher = 'none'
     cfg.pop('visualizer', None)
     cfg.default_hooks = dict(cfg.get('default_hooks') or {})
