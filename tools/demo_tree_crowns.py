@@ -37,13 +37,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out-dir', default='work_dirs/demo_tree_crowns')
-    parser.add_argument('--iters', type=int, default=DEMO_ITERS, help='training iterations')
+    parser.add_argument('--iters', type=int, default=None,
+                        help=f'training iterations (default: {DEMO_ITERS}; --quick: 2)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0])
     parser.add_argument('--jobs', type=int, default=2,
                         help='worker processes (the two optimizers train side by side)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per worker')
-    parser.add_argument('--quick', action='store_true', help='3 iterations, small evaluation')
-    return parser.parse_args(argv)
+    parser.add_argument('--quick', action='store_true', help='2 iterations, small evaluation')
+    args = parser.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        parser.error(f'--iters {args.iters}: give 1 or more')
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -51,7 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     rf_argv = ['--tasks', 'det', '--methods', 'stock', 'dualopt', '--no-sweep',
                '--seeds', *map(str, args.seeds), '--out-dir', args.out_dir,
                '--jobs', str(args.jobs), '--threads', str(args.threads)]
-    rf_argv += ['--quick'] if args.quick else ['--det-iters', str(args.iters)]
+    rf_argv += ['--quick'] if args.quick else []
+    if args.iters is not None or not args.quick:
+        rf_argv += ['--det-iters', str(DEMO_ITERS if args.iters is None else args.iters)]
     results = real_finetune.main(rf_argv)
     print(f'drift plot: {Path(args.out_dir) / "drift.png"}')
     if len(args.seeds) < 3 and not args.quick:

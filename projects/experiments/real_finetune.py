@@ -663,11 +663,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='converted weights and data (made on first use)')
     parser.add_argument('--tasks', nargs='+', default=['det', 'seg'], choices=['det', 'seg'])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--sweep-seeds', nargs='+', type=int, default=[0])
+    # None: not given (a default is filled in below, so that what was given can be checked)
+    parser.add_argument('--seeds', nargs='+', type=int, default=None,
+                        help='default: 0 1 2 (--quick: 0 1)')
+    parser.add_argument('--sweep-seeds', nargs='+', type=int, default=None,
+                        help='seeds the knob sweep selects on (default: 0)')
     parser.add_argument('--no-sweep', dest='sweep', action='store_false')
-    parser.add_argument('--sweep-tasks', nargs='+', default=['det', 'seg'],
-                        choices=['det', 'seg'], help='tasks that get the knob sweep')
+    parser.add_argument('--sweep-tasks', nargs='+', default=None, choices=['det', 'seg'],
+                        help='tasks that get the knob sweep (default: every one of --tasks)')
     parser.add_argument('--jobs', type=int, default=2,
                         help='worker processes that share the runs (1: all in this process)')
     parser.add_argument('--det-iters', type=int, default=None)
@@ -685,21 +688,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='with --render: write the summary tables between the README\'s '
                              f'<!-- {README_SECTION}:begin/end --> markers')
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f'--jobs {args.jobs}: give 1 (every run in this process) or more workers')
-    given = sys.argv[1:] if argv is None else list(argv)
-    unswept = sorted(set(args.sweep_tasks) - set(args.tasks))
-    if '--sweep-tasks' in given and args.sweep and unswept:
+    for name in ('jobs', 'threads', 'det_iters', 'seg_iters'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f'--{name.replace("_", "-")} {value}: give 1 or more')
+    for name in ('tasks', 'methods', 'seeds', 'sweep_seeds', 'sweep_tasks'):
+        values = getattr(args, name)
+        if values is not None and len(set(values)) < len(values):
+            parser.error(f'--{name.replace("_", "-")} {" ".join(map(str, values))}: give each '
+                         'value once (a repeated seed would count twice in mean ± std)')
+    no_sweep = '--quick' if args.quick else ('--no-sweep' if not args.sweep else None)
+    for name in ('sweep_tasks', 'sweep_seeds'):
+        if no_sweep and getattr(args, name) is not None:
+            parser.error(f'--{name.replace("_", "-")}: {no_sweep} runs no sweep; drop one of '
+                         'the two')
+    unswept = sorted(set(args.sweep_tasks or ()) - set(args.tasks))
+    if unswept:
         parser.error(f'--sweep-tasks {" ".join(unswept)}: not among --tasks '
                      f'{" ".join(args.tasks)}; add it to --tasks or drop it from --sweep-tasks')
+    if args.sweep_tasks is None:
+        args.sweep_tasks = list(args.tasks)
+    if args.sweep_seeds is None:
+        args.sweep_seeds = [0]
+    if args.seeds is None:
+        args.seeds = [0, 1] if args.quick else [0, 1, 2]
     if args.quick:
-        args.seeds = args.seeds if '--seeds' in given else [0, 1]
         args.sweep = False
         args.eval_images = 2
     iters = {'det': 120, 'seg': 200} if not args.quick else {'det': 2, 'seg': 3}
-    if args.det_iters:
+    if args.det_iters is not None:
         iters['det'] = args.det_iters
-    if args.seg_iters:
+    if args.seg_iters is not None:
         iters['seg'] = args.seg_iters
     args.iters = iters
     return args

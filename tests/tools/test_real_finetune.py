@@ -154,12 +154,31 @@ def test_plan_order_and_selection() -> None:
 
 @pytest.mark.parametrize('argv, message', [
     (['--jobs', '0'], '--jobs 0'),
-    (['--tasks', 'seg', '--sweep-tasks', 'det'], '--sweep-tasks det: not among --tasks seg')])
+    (['--det-iters', '0'], '--det-iters 0: give 1 or more'),
+    (['--threads', '-1'], '--threads -1'),
+    (['--tasks', 'seg', '--sweep-tasks', 'det'], '--sweep-tasks det: not among --tasks seg'),
+    (['--tasks', 'seg', '--sweep-tasks=det'], '--sweep-tasks det: not among --tasks seg'),
+    (['--no-sweep', '--sweep-tasks', 'det'], '--sweep-tasks: --no-sweep runs no sweep'),
+    (['--quick', '--sweep-seeds', '1'], '--sweep-seeds: --quick runs no sweep'),
+    (['--seeds', '0', '0', '1'], '--seeds 0 0 1: give each value once'),
+    (['--tasks', 'det', 'det'], '--tasks det det: give each value once')])
 def test_cli_refuses_settings_it_would_ignore(argv, message, capsys) -> None:
     import real_finetune as rf
     with pytest.raises(SystemExit):
         rf.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv, seeds, sweep_tasks, iters', [
+    ([], [0, 1, 2], ['det', 'seg'], {'det': 120, 'seg': 200}),
+    (['--quick'], [0, 1], ['det', 'seg'], {'det': 2, 'seg': 3}),
+    (['--quick', '--seeds=5'], [5], ['det', 'seg'], {'det': 2, 'seg': 3}),
+    (['--tasks', 'seg', '--det-iters', '7'], [0, 1, 2], ['seg'], {'det': 7, 'seg': 200})])
+def test_cli_defaults_and_what_was_given(argv, seeds, sweep_tasks, iters) -> None:
+    """Given values are kept whatever their spelling; defaults fill in only what was not."""
+    import real_finetune as rf
+    args = rf.parse_args(argv)
+    assert (args.seeds, args.sweep_tasks, args.iters) == (seeds, sweep_tasks, iters)
 
 
 def test_partial_results_do_not_reach_the_pages(tmp_path: Path) -> None:
@@ -172,3 +191,24 @@ def test_partial_results_do_not_reach_the_pages(tmp_path: Path) -> None:
     proc = _run(str(TOOL), '--render', str(partial), '--update-doc', str(page))
     assert proc.returncode != 0 and 'is a partial run' in proc.stderr
     assert 'old' in page.read_text()
+
+
+@pytest.mark.parametrize('argv, iters', [([], 120), (['--quick'], 2),
+                                         (['--quick', '--iters', '5'], 5),
+                                         (['--iters', '30'], 30)])
+def test_demo_hands_its_iterations_to_the_benchmark(argv, iters, monkeypatch) -> None:
+    """--iters reaches the runs with or without --quick (which alone means 2 iterations)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo_tree_crowns', DEMO)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    seen = []
+    monkeypatch.setattr(demo.real_finetune, 'main', lambda rf_argv: seen.append(rf_argv) or {})
+    demo.main(argv)
+    rf_args = demo.real_finetune.parse_args(seen[0])
+    assert rf_args.iters['det'] == iters
+
+
+def test_demo_refuses_zero_iterations() -> None:
+    proc = _run(str(DEMO), '--iters', '0')
+    assert proc.returncode != 0 and '--iters 0: give 1 or more' in proc.stderr
