@@ -13,9 +13,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..compat.torch_features import foreach_lerp_takes_scalar_list
 from .foreach import FOREACH_DEVICES, bucket_chunks, chunk_numel, upcast_slices
 
-__all__ = ['apply_review', 'review_multi_tensor', 'review_single_tensor', 'review_tensor_']
+__all__ = ['apply_review', 'foreach_lerp_', 'review_multi_tensor', 'review_single_tensor',
+           'review_tensor_']
 
 
 def review_tensor_(param: Tensor, anchor: Optional[Tensor], weight: float) -> None:
@@ -66,7 +68,7 @@ def review_multi_tensor(params: list[Tensor], anchors: list[Optional[Tensor]],
         if anchor_dtype is None:  # scratch: a = 0
             torch._foreach_mul_(chunk_params, [1.0 - w for w in chunk_weights])
         elif anchor_dtype == dtype:
-            torch._foreach_lerp_(chunk_params, [anchors[i] for i in idx], chunk_weights)
+            foreach_lerp_(chunk_params, [anchors[i] for i in idx], chunk_weights)
         else:  # low-precision anchors: upcast at most one chunk of elements per call
             limit = chunk_numel(chunk_params[0].device)
             batch: list[tuple[Tensor, Tensor, float]] = []
@@ -81,9 +83,23 @@ def review_multi_tensor(params: list[Tensor], anchors: list[Optional[Tensor]],
             _lerp_upcast(batch, dtype)
 
 
+def foreach_lerp_(params: list[Tensor], ends: list[Tensor], weights: list[float]) -> None:
+    """``param.lerp_(end, weight)`` for each triple, with as few foreach calls as the installed
+    torch allows: one (a weight per tensor) where torch has that form, else one per distinct
+    weight (torch 2.0 / 2.1 take one scalar weight per call); the same kernel either way."""
+    if foreach_lerp_takes_scalar_list():
+        torch._foreach_lerp_(params, ends, weights)
+        return
+    by_weight: dict[float, list[int]] = {}
+    for i, weight in enumerate(weights):
+        by_weight.setdefault(weight, []).append(i)
+    for weight, idx in by_weight.items():
+        torch._foreach_lerp_([params[i] for i in idx], [ends[i] for i in idx], weight)
+
+
 def _lerp_upcast(batch: list[tuple[Tensor, Tensor, float]], dtype: torch.dtype) -> None:
-    torch._foreach_lerp_([p for p, _, _ in batch], [a.to(dtype) for _, a, _ in batch],
-                         [w for _, _, w in batch])
+    foreach_lerp_([p for p, _, _ in batch], [a.to(dtype) for _, a, _ in batch],
+                  [w for _, _, w in batch])
 
 
 def apply_review(params: list[Tensor], anchors: list[Optional[Tensor]], weights: list[float],
