@@ -167,7 +167,9 @@ def checkpoint_inspector() -> Callable[..., dict]:
         from dualopt_mm.compat import load_mmengine_checkpoint
         from dualopt_mm.compat.checkpoint import decoder_globals
 
-        found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        from torch_versions import checkpoint_globals
+
+        found = sorted(checkpoint_globals(path))
         CHECKPOINT_GLOBALS[label or os.path.relpath(path, os.path.dirname(
             os.path.dirname(os.path.dirname(path))))] = found
         decoded = {name for _, name in decoder_globals()}

@@ -1,4 +1,4 @@
-"""Read mmengine 0.10 checkpoints under torch >= 2.6 without widening ``weights_only=True``.
+"""Read mmengine 0.10 checkpoints safely on every torch: ``weights_only=True`` not widened.
 
 mmengine 0.10.7 calls ``torch.load(filename, map_location=...)`` without ``weights_only`` when it
 resumes, loads ``load_from`` or an ``init_cfg=Pretrained`` file, and when ``tools/test.py``
@@ -42,6 +42,12 @@ mmdet's / mmseg's ``tools/train.py`` with ``custom_imports``) resume too. Torch'
 safe list is never changed, and a plain ``torch.load(..., weights_only=True)`` elsewhere accepts
 exactly what it accepts without this package. ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (torch's
 own switch) disables the protection entirely; nothing here sets it.
+
+Per torch version (:func:`mmengine_checkpoint_globals`): >= 2.6 as above; 2.5 the same, with
+``weights_only=True`` given to mmengine's loads (torch's default there is ``False``); 2.0-2.4
+have no scoped allowlist, so mmengine's loads read through
+:class:`~dualopt_mm.compat.restricted_unpickler.RestrictedPickleModule` (torch's own
+``weights_only`` list plus these decoders) instead of torch's unrestricted default.
 """
 from __future__ import annotations
 
@@ -54,6 +60,9 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
+
+from .restricted_unpickler import RestrictedPickleModule, default_load_kwargs
+from .torch_features import has_safe_globals, weights_only_by_default
 
 __all__ = [
     'decoder_globals',
@@ -304,23 +313,43 @@ _LOAD_LOCK = threading.RLock()
 
 @contextlib.contextmanager
 def mmengine_checkpoint_globals() -> Iterator[None]:
-    """Allow the decoders for the duration of the block (torch's ``safe_globals`` context).
+    """Read checkpoints through the decoders for the duration of the block.
 
-    Nested and concurrent uses are serialised, so one block's exit never removes the globals
-    another block still needs; afterwards torch's safe list is what it was before.
+    torch >= 2.6: torch's ``safe_globals`` context around ``weights_only=True`` (its default).
+    torch 2.5: the same, and a ``torch.load`` call in the block that names neither
+    ``weights_only`` nor ``pickle_module`` (mmengine's) gets ``weights_only=True``. torch < 2.5
+    (no scoped allowlist): such a call reads through
+    :class:`~dualopt_mm.compat.restricted_unpickler.RestrictedPickleModule` (torch's own list
+    plus the decoders) instead of the unrestricted default. Nested and concurrent uses are
+    serialised; afterwards torch's safe list and ``torch.load`` are what they were before.
     """
-    with _LOAD_LOCK, torch.serialization.safe_globals(decoder_globals()):
-        yield
+    with _LOAD_LOCK:
+        if weights_only_by_default():
+            with torch.serialization.safe_globals(decoder_globals()):
+                yield
+            return
+        if has_safe_globals():
+            with torch.serialization.safe_globals(decoder_globals()), \
+                    default_load_kwargs(weights_only=True):
+                yield
+            return
+        with default_load_kwargs(weights_only=False,
+                                  pickle_module=RestrictedPickleModule(decoder_globals())):
+            yield
 
 
 def load_mmengine_checkpoint(f: Any, map_location: Any = None) -> Any:
-    """``torch.load(f, map_location, weights_only=True)`` for mmengine 0.10 checkpoints.
+    """``torch.load(f, map_location, weights_only=True)`` for mmengine 0.10 checkpoints (on
+    torch < 2.5: through the allowlist unpickler, see :func:`mmengine_checkpoint_globals`).
 
     Returns the checkpoint with real numpy arrays and ``HistoryBuffer`` objects; anything
     outside the grammar of the module docstring raises :class:`pickle.UnpicklingError`.
     """
     with mmengine_checkpoint_globals():
-        checkpoint = torch.load(f, map_location=map_location, weights_only=True)
+        if has_safe_globals():
+            checkpoint = torch.load(f, map_location=map_location, weights_only=True)
+        else:
+            checkpoint = torch.load(f, map_location=map_location)  # restricted by the block
     return materialize(checkpoint)
 
 
@@ -339,12 +368,6 @@ def _decoding(loader: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
-def _weights_only_by_default() -> bool:
-    from mmengine.utils import digit_version
-
-    return digit_version(torch.__version__.split('+')[0]) >= digit_version('2.6.0')
-
-
 def is_installed() -> bool:
     """Whether every ``CheckpointLoader`` scheme of mmengine reads through the decoders."""
     from mmengine.runner.checkpoint import CheckpointLoader
@@ -355,13 +378,12 @@ def is_installed() -> bool:
 
 def install() -> bool:
     """Make mmengine's checkpoint loading (resume, ``load_from``, ``Pretrained``) read mmengine
-    0.10 checkpoints under torch >= 2.6's ``weights_only=True``, through the decoders.
+    0.10 checkpoints through the decoders: under torch's ``weights_only=True`` where torch can
+    scope an allowlist (>= 2.5), through the allowlist unpickler before that.
 
-    Idempotent. Changes nothing in torch; schemes registered later by other packages are
-    wrapped at the next call. Returns ``False`` on torch < 2.6 (nothing to do there).
+    Idempotent. Changes nothing in torch's safe list; schemes registered later by other
+    packages are wrapped at the next call. Returns ``True``.
     """
-    if not _weights_only_by_default():
-        return False
     from mmengine.runner.checkpoint import CheckpointLoader
 
     schemes: dict[str, Callable[..., Any]] = CheckpointLoader._schemes

@@ -10,6 +10,7 @@ from engine_toys import BACKBONE_NAMES, HEAD_NAMES
 
 from dualopt_mm.engine.hooks.weight_rollback_hook import CHECKPOINT_KEY
 from dualopt_mm.optim import DualOptSGD
+from torch_versions import needs_amp_grad_scaler
 
 
 def write_checkpoint(path, state_dict):
@@ -173,6 +174,7 @@ def test_hook_review_matches_dualopt_optimizer(tmp_path):
         run('twice', hooks=[dict(type='WeightRollbackHook', review=True)])
 
 
+@needs_amp_grad_scaler
 def test_amp_skipped_step_skips_the_review(tmp_path):
     """A GradScaler step with inf gradients calls no optimizer.step(): no review either."""
     path = write_checkpoint(tmp_path / 'full.pth', pretrained_state())

@@ -8,6 +8,7 @@ import torch
 from optim_reference import clone_params, make_params, set_grads
 
 from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD, layer_level
+from torch_versions import needs_amp_grad_scaler
 
 
 def test_anchor_is_value_at_first_step_not_construction() -> None:
@@ -85,6 +86,7 @@ def test_bf16_anchor_pins_to_rounded_anchor() -> None:
     assert torch.equal(params[0], theta0.bfloat16().float())
 
 
+@needs_amp_grad_scaler
 @pytest.mark.parametrize('cls', [DualOptSGD, DualOptAdamW])
 def test_grad_scaler_skip_skips_review(cls: type) -> None:
     """torch.amp.GradScaler does not call step() when grads are inf/NaN: the review lives in

