@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .foreach import FOREACH_DEVICES
+from .foreign_groups import adopt_foreign_groups
 from .hyperparams import (
     REVIEW_DEFAULTS,
     anchor_dtype_name,
@@ -353,6 +354,8 @@ class DualOptOptimizer(Optimizer):
             reference = group.get('reference', False)
             reviewed.append([self._is_reviewed(p, group, count_frozen=reference)
                              for p in group['params']])
+        # a layer-decay constructor's groups: review what their keys place (foreign_groups.py)
+        adopt_foreign_groups(self, reviewed)
         # global index: explicit layer_id per group, or tensor order over reviewed tensors
         explicit, implicit = [], []
         for gi, group in enumerate(groups):
