@@ -8,11 +8,14 @@ build without a feature is seen as it is. Everything else asks here instead of b
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 
 __all__ = [
     'foreach_lerp_takes_scalar_list',
+    'fused_kernel',
     'grad_scaler',
     'has_safe_globals',
     'torch_version',
@@ -26,7 +29,7 @@ def torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def foreach_lerp_takes_scalar_list() -> bool:
     """Whether ``torch._foreach_lerp_(tensors, ends, [w0, w1, ...])`` exists (a weight per
     tensor); torch 2.0 / 2.1 have only the one-scalar and the tensor-list forms."""
@@ -38,14 +41,43 @@ def foreach_lerp_takes_scalar_list() -> bool:
     return bool(t.item() == 0.5)
 
 
-@functools.lru_cache(maxsize=None)
+#: torch's fused optimizer kernels by DualOpt base optimizer
+_FUSED_KERNELS = {'sgd': '_fused_sgd_', 'adam': '_fused_adam_', 'adamw': '_fused_adamw_'}
+
+
+@functools.cache
+def fused_kernel(name: str, device_type: str) -> Optional[Callable[..., None]]:
+    """torch's fused kernel of ``name`` (``'sgd'``, ``'adam'``, ``'adamw'``) if it runs on
+    ``device_type``, else ``None``: probed by one call on two-element tensors (CPU kernels
+    came in torch 2.4, ``_fused_sgd_`` in 2.2 on CUDA; a device torch cannot reach is None)."""
+    kernel = getattr(torch, _FUSED_KERNELS[name], None)
+    if kernel is None:
+        return None
+    try:
+        device = torch.device(device_type)
+        p, g = torch.ones(2, device=device), torch.ones(2, device=device)
+        if name == 'sgd':
+            kernel([p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.5, dampening=0.0,
+                   nesterov=False, maximize=False, is_first_step=False)
+        else:
+            step = torch.ones((), device=device)
+            kernel([p], [g], [torch.zeros_like(p)], [torch.zeros_like(p)], [], [step],
+                   lr=0.5, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                   amsgrad=False, maximize=False)
+        moved = bool((p != 1).all())
+    except (RuntimeError, TypeError, NotImplementedError, AssertionError):
+        return None
+    return kernel if moved else None
+
+
+@functools.cache
 def has_safe_globals() -> bool:
     """Whether ``torch.serialization.safe_globals`` (the scoped allowlist of torch's
     ``weights_only`` unpickler) exists: torch >= 2.5."""
     return callable(getattr(torch.serialization, 'safe_globals', None))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def weights_only_by_default() -> bool:
     """Whether ``torch.load`` defaults to ``weights_only=True`` (torch >= 2.6)."""
     import inspect

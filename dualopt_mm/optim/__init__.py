@@ -36,9 +36,14 @@ refused. With :math:`k = 0` each optimizer is torch's, bit for bit. The review l
 Where each part lives: :mod:`~dualopt_mm.optim.hyperparams` (the hyper-parameters: names,
 defaults, meaning, validation), :mod:`~dualopt_mm.optim.levels` (:math:`k_i`,
 :math:`\lambda`), :mod:`~dualopt_mm.optim.review` (the review step, loop and foreach),
-:mod:`~dualopt_mm.optim.foreach` (bucketing and chunking), :mod:`~dualopt_mm.optim.base` (the
-base class: groups, anchors, validation, ``step()``), :mod:`~dualopt_mm.optim.sgd` and
-:mod:`~dualopt_mm.optim.adam` (the learning steps).
+:mod:`~dualopt_mm.optim.foreach` (bucketing and chunking), :mod:`~dualopt_mm.optim.fused`
+(the fused paths' chunks and review), :mod:`~dualopt_mm.optim.base` (the base class and
+``step()``, which picks each tensor's path), :mod:`~dualopt_mm.optim.layer_levels` (levels
+over the groups), :mod:`~dualopt_mm.optim.state` (anchors, checkpoint rules),
+:mod:`~dualopt_mm.optim.sgd` / :mod:`~dualopt_mm.optim.adam` (the optimizer classes) and
+:mod:`~dualopt_mm.optim.sgd_functional` / :mod:`~dualopt_mm.optim.adam_functional` (the
+learning step then the review, as three functionals of one signature: the per-tensor loop,
+the foreach twin, the fused path).
 
 Plain PyTorch use needs nothing else (no mmengine)::
 

@@ -6,10 +6,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .base import DualOptOptimizer, ReviewBatch, _ParamsT, check_lr, check_unsupported_flags
-from .foreach import bucket_chunks
+from . import adam_functional
+from .base import DualOptOptimizer, ReviewBatch, _ParamsT
+from .groups import check_flags, check_lr
 from .hyperparams import review_kwargs
-from .review import review_multi_tensor, review_tensor_
 
 __all__ = ['DualOptAdam', 'DualOptAdamW']
 
@@ -22,8 +22,8 @@ def _scalar_dtype() -> torch.dtype:
 class _AdamBatch(ReviewBatch):
     __slots__ = ('exp_avgs', 'exp_avg_sqs', 'max_exp_avg_sqs', 'state_steps', 'bias_steps')
 
-    def __init__(self, group: dict[str, Any]) -> None:
-        super().__init__(group)
+    def __init__(self, group: dict[str, Any], path: str) -> None:
+        super().__init__(group, path)
         self.exp_avgs: list[Tensor] = []
         self.exp_avg_sqs: list[Tensor] = []
         self.max_exp_avg_sqs: list[Tensor] = []
@@ -65,7 +65,10 @@ class DualOptAdam(DualOptOptimizer):
         foreach: ``True``: ``torch._foreach_*`` path across all param groups; ``False``: the
             per-tensor loop; ``None``: foreach when all tensors are on CUDA, as torch does.
         maximize: maximize the objective (default False).
-        capturable, differentiable, fused: accepted as ``False`` / ``None`` only.
+        fused: ``True``: torch's fused Adam / AdamW kernel across all param groups, then the
+            review on the same chunk of memory (CPU and CUDA; where torch lacks the kernel,
+            the foreach path, said once); ``None`` / ``False``: as ``foreach`` says.
+        capturable, differentiable: accepted as ``False`` / ``None`` only.
         decoupled_weight_decay: AdamW's decoupled decay (default False; AdamW forces True).
         reference: reproduce the authors' AdamB (see above; default False).
         **review: the review hyper-parameters by name (``mode``, ``k_max``, ``k_min``,
@@ -91,8 +94,8 @@ class DualOptAdam(DualOptOptimizer):
         reference: bool = False,
         **review: Any,
     ) -> None:
-        check_unsupported_flags(capturable=capturable, differentiable=differentiable,
-                                fused=fused)
+        check_flags(capturable=capturable, differentiable=differentiable, fused=fused,
+                    foreach=foreach)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -101,6 +104,7 @@ class DualOptAdam(DualOptOptimizer):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
             reference=reference,
             **review_kwargs(review, type(self).__name__),
@@ -131,17 +135,22 @@ class DualOptAdam(DualOptOptimizer):
         if group['reference']:  # AdamB counts bias-correction steps per group
             group['reference_step'] = group.get('reference_step', 0) + 1
 
+    def _fused_kernel_name(self, group: dict[str, Any]) -> str:
+        return 'adamw' if group['decoupled_weight_decay'] else 'adam'
+
     def _static_key(self, group: dict[str, Any]) -> tuple:
         return (tuple(group['betas']), group['eps'], group['amsgrad'], group['maximize'],
                 group['decoupled_weight_decay'], group['reference'])
 
-    def _new_batch(self, group: dict[str, Any]) -> _AdamBatch:
-        return _AdamBatch(group)
+    def _new_batch(self, group: dict[str, Any], path: str) -> _AdamBatch:
+        return _AdamBatch(group, path)
 
     def _collect(self, batch: _AdamBatch, p: Tensor, grad: Tensor, state: dict[str, Any],
                  group: dict[str, Any]) -> None:
+        fused = batch.path == 'fused'
         if 'step' not in state:  # lazy state initialization, as torch
-            state['step'] = torch.tensor(0.0, dtype=_scalar_dtype())
+            state['step'] = (torch.zeros((), dtype=torch.float32, device=p.device) if fused
+                             else torch.tensor(0.0, dtype=_scalar_dtype()))
             state['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
         batch.params.append(p)
@@ -155,21 +164,26 @@ class DualOptAdam(DualOptOptimizer):
                 state['max_exp_avg_sq'] = torch.zeros_like(
                     p, memory_format=torch.preserve_format)
             batch.max_exp_avg_sqs.append(state['max_exp_avg_sq'])
-        batch.state_steps.append(state['step'])
+        step = state['step']
+        if fused and (step.device != p.device or step.dtype != torch.float32):
+            step = state['step'] = step.to(p.device, torch.float32)  # as torch's fused Adam
+        batch.state_steps.append(step)
         if batch.bias_steps is not None:
             batch.bias_steps.append(group['reference_step'])
 
-    def _update(self, batch: _AdamBatch, foreach: bool) -> None:
+    def _update(self, batch: _AdamBatch, grad_scale: Optional[Tensor],
+                found_inf: Optional[Tensor]) -> None:
         group = batch.group
         beta1, beta2 = group['betas']
-        adam = _multi_tensor_adam if foreach else _single_tensor_adam
+        adam = adam_functional.ADAM_FUNCTIONALS[batch.path]
         adam(batch.params, batch.grads, batch.exp_avgs, batch.exp_avg_sqs,
              batch.max_exp_avg_sqs, batch.state_steps, lrs=batch.lrs,
              weight_decays=batch.weight_decays, anchors=batch.anchors,
              review_weights=batch.review_weights, bias_steps=batch.bias_steps, beta1=beta1,
              beta2=beta2, eps=group['eps'], amsgrad=group['amsgrad'],
              maximize=group['maximize'],
-             decoupled_weight_decay=group['decoupled_weight_decay'])
+             decoupled_weight_decay=group['decoupled_weight_decay'],
+             grad_scale=grad_scale, found_inf=found_inf)
 
 
 class DualOptAdamW(DualOptAdam):
@@ -205,148 +219,3 @@ class DualOptAdamW(DualOptAdam):
         super().__setstate__(state)
         for group in self.param_groups:  # as torch's AdamW: always decoupled
             group['decoupled_weight_decay'] = True
-
-
-def _single_tensor_adam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    lrs: list[float],
-    weight_decays: list[float],
-    anchors: list[Optional[Tensor]],
-    review_weights: list[float],
-    bias_steps: Optional[list[float]],
-    beta1: float,
-    beta2: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    r"""Adam / AdamW learning step :math:`\theta \to \hat\theta` then the review step
-    :math:`\hat\theta - \lambda(\hat\theta - a)`, one tensor at a time: the specification.
-
-    The learning step is torch's ``_single_tensor_adam``, operation for operation, with a
-    per-tensor ``lr`` and ``weight_decay``; ``bias_steps`` (reference mode) replaces the
-    tensors' own step counts in the bias corrections. ``anchors`` / ``review_weights`` are
-    :math:`a` (``None``: :math:`a = 0`) and :math:`\lambda` (0: no review) per tensor.
-    """
-    for i, param in enumerate(params):
-        grad = grads[i] if not maximize else -grads[i]
-        exp_avg = exp_avgs[i]
-        exp_avg_sq = exp_avg_sqs[i]
-        step_t = state_steps[i]
-        lr, weight_decay = lrs[i], weight_decays[i]
-
-        step_t += 1
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(param, alpha=weight_decay)
-
-        # first and second moment running averages
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-        step = float(step_t) if bias_steps is None else bias_steps[i]
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-
-        if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            denom = (max_exp_avg_sqs[i].sqrt() / bias_correction2_sqrt).add_(eps)
-        else:
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
-
-        if review_weights[i] != 0.0:
-            review_tensor_(param, anchors[i], review_weights[i])
-
-
-def _multi_tensor_adam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    lrs: list[float],
-    weight_decays: list[float],
-    anchors: list[Optional[Tensor]],
-    review_weights: list[float],
-    bias_steps: Optional[list[float]],
-    beta1: float,
-    beta2: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    """:func:`_single_tensor_adam` with ``torch._foreach_*`` ops over all the tensors at once,
-    bucketed by device and dtype (and by weight decay when it is coupled) and chunked: same
-    signature, same operations, same results."""
-    if not params:
-        return
-    # coupled decay is a single alpha per foreach call: bucket by its value too
-    coupled_decays = [0.0] * len(params) if decoupled_weight_decay else weight_decays
-    for (_, _, coupled_decay), idx in bucket_chunks(params, coupled_decays):
-        device_params = [params[i] for i in idx]
-        device_grads = [grads[i] for i in idx]
-        device_exp_avgs = [exp_avgs[i] for i in idx]
-        device_exp_avg_sqs = [exp_avg_sqs[i] for i in idx]
-        device_state_steps = [state_steps[i] for i in idx]
-        device_lrs = [lrs[i] for i in idx]
-
-        if maximize:
-            device_grads = torch._foreach_neg(device_grads)
-
-        torch._foreach_add_(device_state_steps, 1)
-        if decoupled_weight_decay:
-            decayed = [j for j, i in enumerate(idx) if weight_decays[i] != 0]
-            if decayed:
-                torch._foreach_mul_([device_params[j] for j in decayed],
-                                    [1 - device_lrs[j] * weight_decays[idx[j]]
-                                     for j in decayed])
-        elif coupled_decay != 0:
-            if maximize:  # device_grads is already a copy
-                torch._foreach_add_(device_grads, device_params, alpha=coupled_decay)
-            else:
-                device_grads = torch._foreach_add(device_grads, device_params,
-                                                  alpha=coupled_decay)
-
-        # first and second moment running averages
-        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
-        torch._foreach_mul_(device_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
-        del device_grads
-
-        if bias_steps is None:
-            steps = [float(s) for s in device_state_steps]  # host tensors: no device sync
-        else:
-            steps = [bias_steps[i] for i in idx]
-        bias_correction1 = [1 - beta1**s for s in steps]
-        bias_correction2 = [1 - beta2**s for s in steps]
-        step_size = [(lr / bc) * -1 for lr, bc in zip(device_lrs, bias_correction1)]
-        bias_correction2_sqrt = [bc**0.5 for bc in bias_correction2]
-
-        if amsgrad:
-            device_max_exp_avg_sqs = [max_exp_avg_sqs[i] for i in idx]
-            torch._foreach_maximum_(device_max_exp_avg_sqs, device_exp_avg_sqs)
-            denom = torch._foreach_sqrt(device_max_exp_avg_sqs)
-        else:
-            denom = torch._foreach_sqrt(device_exp_avg_sqs)
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_size)
-        del denom
-
-        review_multi_tensor(device_params, [anchors[i] for i in idx],
-                            [review_weights[i] for i in idx])

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
 from torch import Tensor
 
-from .base import DualOptOptimizer, ReviewBatch, _ParamsT, check_lr, check_unsupported_flags
-from .foreach import bucket_chunks
+from . import sgd_functional
+from .base import DualOptOptimizer, ReviewBatch, _ParamsT
+from .groups import check_flags, check_lr
 from .hyperparams import review_kwargs
-from .review import review_multi_tensor, review_tensor_
 
 __all__ = ['DualOptSGD']
 
@@ -17,8 +16,8 @@ __all__ = ['DualOptSGD']
 class _SGDBatch(ReviewBatch):
     __slots__ = ('states', 'momentum_buffers')
 
-    def __init__(self, group: dict[str, Any]) -> None:
-        super().__init__(group)
+    def __init__(self, group: dict[str, Any], path: str) -> None:
+        super().__init__(group, path)
         self.states: list[dict[str, Any]] = []
         self.momentum_buffers: list[Optional[Tensor]] = []
 
@@ -50,7 +49,10 @@ class DualOptSGD(DualOptOptimizer):
         maximize: maximize the objective (default False).
         foreach: ``True``: ``torch._foreach_*`` path across all param groups; ``False``: the
             per-tensor loop; ``None``: foreach when all tensors are on CUDA, as torch does.
-        differentiable, fused: accepted as ``False`` / ``None`` only.
+        fused: ``True``: torch's fused SGD kernel across all param groups, then the review on
+            the same chunk of memory (CPU and CUDA; where torch lacks the kernel, the foreach
+            path, said once); ``None`` / ``False``: as ``foreach`` says.
+        differentiable: accepted as ``False`` / ``None`` only.
         **review: the review hyper-parameters by name (``mode``, ``k_max``, ``k_min``,
             ``gamma``, ``k_unit``, ``reverse``, ``skip_1d``, ``layer_id``, ``num_layers``,
             ``base_lr``, ``anchor_dtype``): :mod:`dualopt_mm.optim.hyperparams`.
@@ -71,7 +73,7 @@ class DualOptSGD(DualOptOptimizer):
         fused: Optional[bool] = None,
         **review: Any,
     ) -> None:
-        check_unsupported_flags(differentiable=differentiable, fused=fused)
+        check_flags(differentiable=differentiable, fused=fused, foreach=foreach)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -80,6 +82,7 @@ class DualOptSGD(DualOptOptimizer):
             nesterov=nesterov,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             **review_kwargs(review, type(self).__name__),
         )
         self._check_hyperparameters(defaults, '')
@@ -98,11 +101,14 @@ class DualOptSGD(DualOptOptimizer):
         if group['nesterov'] and (group['momentum'] <= 0 or group['dampening'] != 0):
             raise ValueError(f'Nesterov momentum requires a momentum and zero dampening{where}')
 
+    def _fused_kernel_name(self, group: dict[str, Any]) -> str:
+        return 'sgd'
+
     def _static_key(self, group: dict[str, Any]) -> tuple:
         return (group['momentum'], group['dampening'], group['nesterov'], group['maximize'])
 
-    def _new_batch(self, group: dict[str, Any]) -> _SGDBatch:
-        return _SGDBatch(group)
+    def _new_batch(self, group: dict[str, Any], path: str) -> _SGDBatch:
+        return _SGDBatch(group, path)
 
     def _collect(self, batch: _SGDBatch, p: Tensor, grad: Tensor, state: dict[str, Any],
                  group: dict[str, Any]) -> None:
@@ -113,119 +119,15 @@ class DualOptSGD(DualOptOptimizer):
         batch.states.append(state)
         batch.momentum_buffers.append(state.get('momentum_buffer'))
 
-    def _update(self, batch: _SGDBatch, foreach: bool) -> None:
+    def _update(self, batch: _SGDBatch, grad_scale: Optional[Tensor],
+                found_inf: Optional[Tensor]) -> None:
         group = batch.group
-        sgd = _multi_tensor_sgd if foreach else _single_tensor_sgd
+        sgd = sgd_functional.SGD_FUNCTIONALS[batch.path]
         sgd(batch.params, batch.grads, batch.momentum_buffers, lrs=batch.lrs,
             weight_decays=batch.weight_decays, anchors=batch.anchors,
             review_weights=batch.review_weights, momentum=group['momentum'],
             dampening=group['dampening'], nesterov=group['nesterov'],
-            maximize=group['maximize'])
+            maximize=group['maximize'], grad_scale=grad_scale, found_inf=found_inf)
         if group['momentum'] != 0:
             for state, buf in zip(batch.states, batch.momentum_buffers):
                 state['momentum_buffer'] = buf
-
-
-def _single_tensor_sgd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Optional[Tensor]],
-    *,
-    lrs: list[float],
-    weight_decays: list[float],
-    anchors: list[Optional[Tensor]],
-    review_weights: list[float],
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    maximize: bool,
-) -> None:
-    r"""SGD learning step :math:`\theta \to \hat\theta` then the review step
-    :math:`\hat\theta - \lambda(\hat\theta - a)`, one tensor at a time: the specification.
-
-    The learning step is torch's ``_single_tensor_sgd``, operation for operation, with a
-    per-tensor ``lr`` and ``weight_decay``; new momentum buffers are written into
-    ``momentum_buffers``. ``anchors`` / ``review_weights`` are :math:`a` (``None``:
-    :math:`a = 0`) and :math:`\lambda` (0: no review) per tensor.
-    """
-    for i, param in enumerate(params):
-        grad = grads[i] if not maximize else -grads[i]
-        if weight_decays[i] != 0:
-            grad = grad.add(param, alpha=weight_decays[i])
-
-        if momentum != 0:
-            buf = momentum_buffers[i]
-            if buf is None:
-                buf = momentum_buffers[i] = grad.detach().clone()
-            else:
-                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            grad = grad.add(buf, alpha=momentum) if nesterov else buf
-
-        param.add_(grad, alpha=-lrs[i])
-
-        if review_weights[i] != 0.0:
-            review_tensor_(param, anchors[i], review_weights[i])
-
-
-def _multi_tensor_sgd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Optional[Tensor]],
-    *,
-    lrs: list[float],
-    weight_decays: list[float],
-    anchors: list[Optional[Tensor]],
-    review_weights: list[float],
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    maximize: bool,
-) -> None:
-    """:func:`_single_tensor_sgd` with ``torch._foreach_*`` ops over all the tensors at once,
-    bucketed by device, dtype, lr and weight decay (each a single alpha per foreach call) and
-    chunked: same signature, same operations, same results. Unlike torch's foreach SGD,
-    ``param.grad`` is never modified."""
-    if not params:
-        return
-    keys = list(zip(lrs, weight_decays))
-    for (_, _, (lr, weight_decay)), idx in bucket_chunks(params, keys):
-        device_params = [params[i] for i in idx]
-        device_grads = [grads[i] for i in idx]
-        owns_grads = False  # whether device_grads are copies we may modify
-
-        if maximize:
-            device_grads = torch._foreach_neg(device_grads)
-            owns_grads = True
-        if weight_decay != 0:
-            if owns_grads:
-                torch._foreach_add_(device_grads, device_params, alpha=weight_decay)
-            else:
-                device_grads = torch._foreach_add(device_grads, device_params,
-                                                  alpha=weight_decay)
-                owns_grads = True
-
-        if momentum != 0:
-            bufs = [momentum_buffers[i] for i in idx]
-            if all(buf is not None for buf in bufs):
-                torch._foreach_mul_(bufs, momentum)
-                torch._foreach_add_(bufs, device_grads, alpha=1 - dampening)
-            else:  # first step of some tensors
-                for j, i in enumerate(idx):
-                    buf = bufs[j]
-                    if buf is None:
-                        buf = bufs[j] = momentum_buffers[i] = device_grads[j].detach().clone()
-                    else:
-                        buf.mul_(momentum).add_(device_grads[j], alpha=1 - dampening)
-            if nesterov:
-                if owns_grads:
-                    torch._foreach_add_(device_grads, bufs, alpha=momentum)
-                else:
-                    device_grads = torch._foreach_add(device_grads, bufs, alpha=momentum)
-            else:
-                device_grads = bufs
-
-        torch._foreach_add_(device_params, device_grads, alpha=-lr)
-        del device_grads
-
-        review_multi_tensor(device_params, [anchors[i] for i in idx],
-                            [review_weights[i] for i in idx])

@@ -93,30 +93,47 @@ def test_foreach_none_follows_torch_default_on_cpu() -> None:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
-@pytest.mark.parametrize('foreach', [False, True])
-def test_the_requested_path_runs(monkeypatch: pytest.MonkeyPatch, foreach: bool) -> None:
-    """Guards the tests above: foreach=True really takes the foreach functions, once for
-    the whole optimizer (all groups of one bucket), and False the loop functions."""
-    from dualopt_mm.optim import adam
+@pytest.mark.parametrize('path', ['loop', 'foreach', 'fused'])
+def test_the_requested_path_runs(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Guards the tests above: foreach=True really takes the foreach functional, once for
+    the whole optimizer (all groups of one bucket), False the loop and fused=True the fused
+    one (where torch has the kernel)."""
+    from dualopt_mm.compat.torch_features import fused_kernel
+    from dualopt_mm.optim import adam_functional, fused
 
+    if path == 'fused' and fused_kernel('adamw', 'cpu') is None:
+        pytest.skip('this torch has no CPU fused AdamW kernel (torch >= 2.4)')
     calls: list[str] = []
-    for name in ['_multi_tensor_adam', '_single_tensor_adam', 'review_multi_tensor',
-                 'review_tensor_']:
-        original = getattr(adam, name)
+    targets = [(adam_functional.ADAM_FUNCTIONALS, key) for key in adam_functional.ADAM_FUNCTIONALS]
+    for table, key in targets:
+        original = table[key]
+
+        def spy(*args: Any, _name: str = key, _original: Any = original, **kw: Any) -> None:
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setitem(table, key, spy)
+    for module, name in [(adam_functional, 'review_multi_tensor'),
+                         (adam_functional, 'review_tensor_'), (adam_functional, 'review_chunk_'),
+                         (fused, 'foreach_lerp_')]:
+        original = getattr(module, name)
 
         def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> None:
             calls.append(_name)
             return _original(*args, **kw)
 
-        monkeypatch.setattr(adam, name, spy)
+        monkeypatch.setattr(module, name, spy)
     params = make_params([(2, 2)] * 3)
-    opt = DualOptAdamW([{'params': [p]} for p in params], lr=0.1, foreach=foreach)
+    flags = dict(loop=dict(foreach=False), foreach=dict(foreach=True), fused=dict(fused=True))
+    opt = DualOptAdamW([{'params': [p]} for p in params], lr=0.1, **flags[path])
     set_grads(params, 0)
     opt.step()
-    if foreach:
-        assert calls == ['_multi_tensor_adam', 'review_multi_tensor']
+    if path == 'foreach':
+        assert calls == ['foreach', 'review_multi_tensor']
+    elif path == 'fused':  # one kernel call and one review for the three groups
+        assert calls == ['fused', 'review_chunk_', 'foreach_lerp_']
     else:  # the deepest tensor has k_min = 0: no review
-        assert calls == ['_single_tensor_adam', 'review_tensor_', 'review_tensor_']
+        assert calls == ['loop', 'review_tensor_', 'review_tensor_']
 
 
 def test_large_tensors_are_chunked_and_sliced_alike() -> None:

@@ -102,10 +102,10 @@ def test_default_strength_is_one_percent_at_base_lr_for_any_lr(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The stock defaults roll the shallowest tensor back 1% of its displacement per step at
     the base lr, for an SGD lr of 0.02 and an AdamW lr of 1e-4 alike."""
-    from dualopt_mm.optim import adam, sgd
+    from dualopt_mm.optim import adam_functional, sgd_functional
 
     weights: list[float] = []
-    for module in (adam, sgd):
+    for module in (adam_functional, sgd_functional):
         monkeypatch.setattr(module, 'review_tensor_', lambda p, a, w: weights.append(w))
     for cls, lr in [(DualOptSGD, 0.02), (DualOptAdamW, 1e-4)]:
         weights.clear()

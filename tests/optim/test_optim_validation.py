@@ -29,7 +29,8 @@ ALL = [DualOptSGD, DualOptAdam, DualOptAdamW]
     (dict(base_lr=-1.0), r'base_lr=-1.0 must be >= 0'),
     (dict(k_max=float('nan')), r'k_max must be finite'),
     (dict(skip_1d='yes'), r'skip_1d must be None or a bool'),
-    (dict(fused=True), r'fused=True is not supported'),
+    (dict(fused=True, foreach=True), r'fused=True and foreach=True cannot be set together'),
+    (dict(fused='yes'), r"fused='yes' must be None, False or True"),
     (dict(differentiable=True), r'differentiable=True is not supported'),
     (dict(lr=-1.0), r'Invalid learning rate: -1.0'),
     (dict(lr=torch.tensor(0.1)), r'lr as a Tensor is not supported'),
@@ -129,8 +130,8 @@ def test_add_param_group_validates_and_rolls_back() -> None:
     with pytest.raises(ValueError, match=r"unknown mode 'x'.*\(param group 1\)"):
         opt.add_param_group({'params': params[1:], 'mode': 'x'})
     assert len(opt.param_groups) == 1
-    with pytest.raises(ValueError, match=r'fused=True is not supported'):
-        opt.add_param_group({'params': params[1:], 'fused': True})
+    with pytest.raises(ValueError, match=r'fused=True and foreach=True cannot be set'):
+        opt.add_param_group({'params': params[1:], 'fused': True, 'foreach': True})
     opt.add_param_group({'params': params[1:], 'k_max': 0.5})
     assert len(opt.param_groups) == 2
 
