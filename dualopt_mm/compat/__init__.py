@@ -6,12 +6,15 @@
   :func:`load_mmengine_checkpoint` does the same for a direct load.
 * :func:`patch_mmengine_for_cpu_ddp`: ``torchrun ... --launcher pytorch`` works without CUDA
   (gloo backend, no ``device_ids``, SyncBN reverted to BN).
+* :func:`patch_mmengine_fsdp_strategy`: ``FlexibleRunner`` + ``FSDPStrategy`` resumes on
+  torch >= 2.1 and runs on CPU (``device_id``, no segfault when saving).
 
 ``tools/train.py`` and ``tools/test.py`` apply both; :func:`apply_all` does the same for other
 entry points.
 """
 from .checkpoint import enable_mmengine_checkpoint_loading, load_mmengine_checkpoint
 from .cpu_ddp import is_cpu_ddp_patched, patch_mmengine_for_cpu_ddp
+from .fsdp_strategy import patch_mmengine_fsdp_strategy
 
 __all__ = [
     'apply_all',
@@ -19,6 +22,7 @@ __all__ = [
     'is_cpu_ddp_patched',
     'load_mmengine_checkpoint',
     'patch_mmengine_for_cpu_ddp',
+    'patch_mmengine_fsdp_strategy',
 ]
 
 
@@ -26,3 +30,4 @@ def apply_all() -> None:
     """Apply every fix of this module (each is idempotent and a no-op where not needed)."""
     enable_mmengine_checkpoint_loading()
     patch_mmengine_for_cpu_ddp()
+    patch_mmengine_fsdp_strategy()

@@ -16,6 +16,8 @@ initialised, and ``device_ids`` / ``output_device`` are dropped in
 MMSegmentation configs) to ``BatchNorm`` there, as mmengine itself does for non-distributed
 runs: torch's SyncBN has no CPU implementation. Note that BN statistics are then per process.
 
+mmengine's ``FSDPStrategy`` (``FlexibleRunner``) is fixed in :mod:`.fsdp_strategy`.
+
 The patch is idempotent and a no-op on machines with CUDA.
 """
 from __future__ import annotations

@@ -38,7 +38,6 @@ from .base_constructor import (
     resolve_constructor,
     split_groups,
 )
-from .fsdp import check_fsdp, clean_name, is_fsdp
 from .layer_index import (
     DEFAULT_RULES,
     LAYER_INDEX_STRATEGIES,
@@ -49,6 +48,7 @@ from .layer_index import (
 )
 from .pretrained import PretrainedSources, preinitialised_prefixes, pretrained_candidates
 from .report import format_table, level_rows
+from .strategies.fsdp import check_fsdp, clean_name, is_fsdp, pad_anchor_state
 from .zero import DualOptZeroRedundancyOptimizer
 
 #: ``paramwise_cfg['dualopt']`` keys forwarded to the optimizer (its ``defaults``).
@@ -502,6 +502,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optimizer_cfg.pop('params', None)
         optimizer_cfg[first_arg] = params
         optimizer = OPTIMIZERS.build(optimizer_cfg)
+        if fsdp and reviews:
+            pad_anchor_state(optimizer)  # FSDP's optim_state_dict needs anchors everywhere
 
         if is_main_process():
             self._log(optimizer, optimizer_cls, swapped, reviews, extra, sources)

@@ -22,7 +22,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .fsdp import clean_name
+from .strategies.fsdp import clean_name
 
 __all__ = ['PretrainedSources', 'calling_runner', 'checkpoint_tensors_shapes',
            'filled_by_init_cfg', 'filled_names', 'init_cfg_checkpoints', 'is_pretrained_init',
@@ -188,20 +188,27 @@ def state_dict_of(checkpoint: Any) -> dict[str, Any]:
     return checkpoint
 
 
-def filled_names(model: nn.Module, load_from_shapes: Optional[dict[str, tuple]]
-                 ) -> Optional[set[str]]:
-    """Names of the parameters a checkpoint filled, or None when none is configured."""
-    params = dict(model.named_parameters())
+def filled_names(model: nn.Module, load_from_shapes: Optional[dict[str, tuple]],
+                 shapes: Optional[dict[str, tuple]] = None) -> Optional[set[str]]:
+    """Names of the parameters a checkpoint filled, or None when none is configured.
+
+    ``shapes``: ``name -> shape`` of the model's parameters as a checkpoint holds them (names
+    without wrapper parts, unsharded: :meth:`~dualopt_mm.engine.strategies.StrategyAdapter.
+    full_shapes`); default: read off ``model``, right for whole tensors only.
+    """
+    if shapes is None:
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     filled: set[str] = set()
     configured = False
     if load_from_shapes is not None:
         configured = True
-        filled |= {n for n, p in params.items()
-                   if load_from_shapes.get(n) == tuple(p.shape)}
+        filled |= {n for n, shape in shapes.items() if load_from_shapes.get(n) == shape}
     for prefix in pretrained_init_prefixes(model):
         configured = True
         module = model.get_submodule(prefix.rstrip('.')) if prefix else model
-        filled |= filled_by_init_cfg(module, prefix)
+        clean = clean_name(prefix)
+        filled |= filled_by_init_cfg(module, clean, {
+            n[len(clean):]: shape for n, shape in shapes.items() if n.startswith(clean)})
     return filled if configured else None
 
 
@@ -211,8 +218,13 @@ def init_cfg_checkpoints(module: nn.Module) -> list[dict]:
     return [cfg for cfg in init_cfgs if is_pretrained_init(cfg)]
 
 
-def filled_by_init_cfg(module: nn.Module, prefix: str) -> set[str]:
-    names = {n: tuple(p.shape) for n, p in module.named_parameters()}
+def filled_by_init_cfg(module: nn.Module, prefix: str,
+                       shapes: Optional[dict[str, tuple]] = None) -> set[str]:
+    """Names (``prefix`` + name in ``module``) of the parameters of ``module`` its
+    ``init_cfg`` checkpoints fill, matched by name and shape (``shapes``: the full shapes by
+    name in ``module``, default read off ``module``)."""
+    names = shapes if shapes is not None else {n: tuple(p.shape)
+                                               for n, p in module.named_parameters()}
     filled: set[str] = set()
     for cfg in init_cfg_checkpoints(module):
         try:

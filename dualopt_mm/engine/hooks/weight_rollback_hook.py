@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os.path as osp
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -60,6 +59,7 @@ from ..pretrained import (
 )
 from ..report import format_table, review_setting, skips_tensor
 from ..schedule_peak import flatten_schedulers, peak_lr
+from ..strategies import StrategyAdapter, adapter_for
 from .foreign_review import ForeignAnchors
 
 #: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
@@ -193,6 +193,7 @@ class WeightRollbackHook(Hook):
         self._optimizer_levels: dict[int, Optional[float]] = {}  # id(param) -> DualOpt's k_i
         self._handles: list[Any] = []
         self._optimizers: list[torch.optim.Optimizer] = []
+        self._adapters: dict[int, StrategyAdapter] = {}  # id(optimizer) -> its strategy
         self._table_changed = False  # log the full table only when the constructor's changed
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -219,15 +220,18 @@ class WeightRollbackHook(Hook):
     # -- before_train ----------------------------------------------------------------------
     def before_train(self, runner) -> None:
         model = _unwrap(runner.model)
-        names = {id(p): n for n, p in model.named_parameters()}
-        filled: Optional[set[str]] = None
-        if not self._resumed:
-            filled = filled_names(model, self._load_from_shapes)
         self._optimizers = _optimizers(runner.optim_wrapper)
+        self._adapters = {id(o): adapter_for(runner.model, o) for o in self._optimizers}
+        adapter = self._adapters[id(self._optimizers[0])]
+        names = adapter.param_names(model)
+        filled: Optional[set[str]] = None
+        if not self._resumed:  # names and shapes as the checkpoints hold them (unsharded)
+            filled = filled_names(model, self._load_from_shapes, adapter.full_shapes(model))
         for optimizer in self._optimizers:
             key = id(optimizer)
             dualopt = reviews_itself(optimizer)
             self._dualopt[key] = dualopt
+            self._adapters[key].check_hook(self.review, foreign=not dualopt)
             if self.review and dualopt:
                 raise ValueError(
                     f'WeightRollbackHook(review=True) with {type(optimizer).__name__}, which '
@@ -485,32 +489,45 @@ class WeightRollbackHook(Hook):
     def drift(self) -> dict[str, float]:
         """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``).
 
-        Squared norms are accumulated in float64 and read back with one device sync.
+        The whole model's values on every rank: squared norms are accumulated in float64 per
+        block, read back with one device sync and, where a rank holds only part of the
+        tensors or of θ_0 (FSDP, ZeRO, DeepSpeed), added over the ranks (a collective: every
+        rank computes the drift at the same iterations).
         """
-        blocks: list[str] = []
-        squares: list[torch.Tensor] = []  # per tensor: ‖θ − θ_0‖², ‖θ_0‖²
+        totals: dict[str, torch.Tensor] = {}
         for optimizer in self._optimizers:
+            blocks: dict[str, int] = {}
+            params, anchors, rows = [], [], []
             for entry in self._entries[id(optimizer)]:
                 if entry.mode != 'finetune':
                     continue
+                row = blocks.setdefault(entry.block, len(blocks))
                 anchor = self.anchor_of(entry, optimizer)
-                if anchor is None:
-                    continue
-                param = entry.param.detach()
-                anchor = anchor.to(param.dtype)
-                squares.append(torch.stack([
-                    torch.linalg.vector_norm(param - anchor, dtype=torch.float64)**2,
-                    torch.linalg.vector_norm(anchor, dtype=torch.float64)**2]).cpu())
-                blocks.append(entry.block)
-        if not squares:
+                if anchor is not None:
+                    params.append(entry.param.detach())
+                    anchors.append(anchor)
+                    rows.append(row)
+            if not blocks:
+                continue
+            # per block: ‖θ − θ_0‖², ‖θ_0‖², number of tensors with a θ_0 on this rank
+            sums = torch.zeros(len(blocks), 3, dtype=torch.float64)
+            if params:
+                squares = torch.stack([torch.stack([
+                    torch.linalg.vector_norm(p - a.to(p.dtype), dtype=torch.float64)**2,
+                    torch.linalg.vector_norm(a, dtype=torch.float64)**2])
+                    for p, a in zip(params, anchors)]).cpu()
+                sums[:, :2].index_add_(0, torch.tensor(rows), squares)
+                sums[:, 2].index_add_(0, torch.tensor(rows),
+                                      torch.ones(len(rows), dtype=torch.float64))
+            sums = self._adapters[id(optimizer)].reduce_sum(sums)
+            for block, row in blocks.items():
+                totals[block] = totals.get(block, 0) + sums[row]
+        totals = {block: value for block, value in totals.items() if value[2] > 0}
+        if not totals:
             return {}
-        num: dict[str, float] = defaultdict(float)
-        den: dict[str, float] = defaultdict(float)
-        for block, (diff, ref) in zip(blocks, torch.stack(squares).tolist()):
-            for key in (block, 'all'):
-                num[key] += diff
-                den[key] += ref
-        return {key: math.sqrt(num[key] / den[key]) if den[key] > 0 else 0.0 for key in num}
+        totals['all'] = sum(totals.values())
+        return {key: math.sqrt(diff / ref) if ref > 0 else 0.0
+                for key, (diff, ref, _) in ((k, v.tolist()) for k, v in totals.items())}
 
     def _review_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """θ ← θ̂ − λ(θ̂ − a) after a non-DualOpt step (torch step post-hook)."""

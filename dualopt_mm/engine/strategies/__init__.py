@@ -1,0 +1,30 @@
+"""One small adapter per training strategy: what the constructor and ``WeightRollbackHook``
+must know about how a strategy holds the model's tensors (names without wrapper parts, full
+shapes, which ranks hold which part of θ_0, how a norm is added over the ranks).
+
+:func:`adapter_for` picks the adapter from the model and optimizer themselves, so the same
+code serves mmengine's ``Runner`` (DDP, ZeRO-1) and ``FlexibleRunner`` (FSDPStrategy,
+DeepSpeedStrategy). A new strategy is one new adapter here.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch.nn as nn
+
+from .ddp import StrategyAdapter, ZeroAdapter, all_reduce_sum
+from .fsdp import FSDPAdapter, check_fsdp, clean_name, is_fsdp
+
+__all__ = ['FSDPAdapter', 'StrategyAdapter', 'ZeroAdapter', 'adapter_for', 'all_reduce_sum',
+           'check_fsdp', 'clean_name', 'is_fsdp']
+
+
+def adapter_for(model: nn.Module, optimizer: Optional[Any] = None) -> StrategyAdapter:
+    """The adapter of the strategy that holds ``model`` (the runner's, wrapped) and
+    ``optimizer`` (the torch optimizer inside the optim wrapper)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    if is_fsdp(model):
+        return FSDPAdapter(model)
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        return ZeroAdapter(getattr(optimizer, 'process_group', None))
+    return StrategyAdapter()

@@ -1,0 +1,72 @@
+"""What the hook and the constructor know about a run whose ranks hold whole tensors.
+
+:class:`StrategyAdapter` is the default: one process, or DDP (every rank holds every tensor
+and its θ_0, so a norm computed on one rank is the whole model's). :class:`ZeroAdapter` is
+ZeRO-1 (:class:`~dualopt_mm.engine.zero.DualOptZeroRedundancyOptimizer`): the weights are
+whole on every rank, θ_0 only on the rank that owns the tensor, so drift sums are added over
+the ranks. The other strategies (:mod:`.fsdp`, :mod:`.deepspeed`) override what differs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ['StrategyAdapter', 'ZeroAdapter']
+
+
+class StrategyAdapter:
+    """The model's tensors as the optimizer sees them, for one strategy.
+
+    Attributes:
+        name: the strategy, for messages.
+        sharded: whether a rank holds only part of the model's weights (then the review
+            settings that read a tensor's rank are refused, and the hook's own θ_0 copy of a
+            non-DualOpt optimizer cannot be checkpointed).
+    """
+
+    name = 'single process / DDP'
+    sharded = False
+
+    def param_names(self, model: nn.Module) -> dict[int, str]:
+        """``id(param) -> name`` of the model's parameters, names as in a checkpoint."""
+        return {id(p): n for n, p in model.named_parameters()}
+
+    def full_shapes(self, model: nn.Module) -> dict[str, tuple]:
+        """``name -> shape`` of every parameter as a checkpoint holds it (unsharded)."""
+        return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-rank partial sums (e.g. squared norms) added into the whole model's."""
+        return values
+
+    def check_hook(self, review: bool, foreign: bool) -> None:
+        """Refuse what WeightRollbackHook cannot do under this strategy (nothing here)."""
+
+
+class ZeroAdapter(StrategyAdapter):
+    """ZeRO-1: whole weights on every rank, θ_0 and moments only where the tensor is owned."""
+
+    name = 'ZeRO-1'
+
+    def __init__(self, process_group: Optional[object] = None) -> None:
+        self.process_group = process_group
+
+    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(values, self.process_group)
+
+
+def all_reduce_sum(values: torch.Tensor, group: Optional[object] = None) -> torch.Tensor:
+    """``values`` summed over the ranks of ``group`` (the default group: all), unchanged
+    outside a distributed run. A collective: every rank must call it."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return values
+    device = values.device
+    if dist.get_backend(group) == 'nccl':  # NCCL reduces CUDA tensors only
+        values = values.to(torch.device('cuda', torch.cuda.current_device()))
+    else:
+        values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=group)
+    return values.to(device)
