@@ -161,13 +161,12 @@ def checkpoint_inspector() -> Callable[..., dict]:
     iteration count and which optimizer wrote it: DualOpt groups carry ``mode``/``k_max`` and
     finetune mode stores each parameter's ``anchor`` (θ_0) in its state.
     """
-    import torch
 
     def inspect(path: str, variant: str, expected_iter: int, label: str = None) -> dict:
+        from torch_versions import checkpoint_globals
+
         from dualopt_mm.compat import load_mmengine_checkpoint
         from dualopt_mm.compat.checkpoint import decoder_globals
-
-        from torch_versions import checkpoint_globals
 
         found = sorted(checkpoint_globals(path))
         CHECKPOINT_GLOBALS[label or os.path.relpath(path, os.path.dirname(

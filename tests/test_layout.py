@@ -49,3 +49,9 @@ def test_package_modules_tools_and_folders_are_listed():
     top = {p.split('/')[0] + '/' for p in tracked if '/' in p and not p.startswith('.')}
     missing = sorted((set(modules) | set(tools) | folders | top) - listed)
     assert not missing, f'not in docs/architecture.md: {missing}'
+
+
+def test_readme_is_a_front_door():
+    """The README stays short (details live in docs/): at most 12,000 characters."""
+    length = len((ROOT / 'README.md').read_text(encoding='utf-8'))
+    assert length <= 12_000, f'README.md has {length} characters (at most 12,000)'

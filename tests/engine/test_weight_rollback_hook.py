@@ -7,10 +7,10 @@ import pytest
 import torch
 from engine_runner import hook_of, make_toy_runner, model_state, toy_model
 from engine_toys import BACKBONE_NAMES, HEAD_NAMES
+from torch_versions import needs_amp_grad_scaler
 
 from dualopt_mm.engine.hooks.weight_rollback_hook import CHECKPOINT_KEY
 from dualopt_mm.optim import DualOptSGD
-from torch_versions import needs_amp_grad_scaler
 
 
 def write_checkpoint(path, state_dict):

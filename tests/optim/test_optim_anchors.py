@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from optim_reference import clone_params, make_params, set_grads
+from torch_versions import needs_amp_grad_scaler
 
 from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD, layer_level
-from torch_versions import needs_amp_grad_scaler
 
 
 def test_anchor_is_value_at_first_step_not_construction() -> None:

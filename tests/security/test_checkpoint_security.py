@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from e2e_harness import REPO_ROOT, run_tool
 from security_payloads import PAYLOADS, write_payload
 from torch_versions import needs_safe_globals, safe_global_names
