@@ -7,7 +7,8 @@ mmengine checkpoint (numpy arrays, ``HistoryBuffer``), and its default, ``weight
 runs any code a crafted file names. For those versions this module gives ``torch.load`` a
 ``pickle_module`` whose ``Unpickler`` resolves only
 
-* what torch's own ``weights_only`` unpickler allows: ``collections.OrderedDict``, ``torch.Size``,
+* what torch's own ``weights_only`` unpickler allows: ``collections.OrderedDict`` / ``Counter``,
+  ``set``, ``bytearray``, ``complex``, ``torch.device``, ``torch.Size``,
   ``torch.Tensor`` / ``Parameter`` and the tensor and storage classes, torch's dtypes, the
   ``torch._utils._rebuild_*`` tensor constructors, ``torch._tensor._rebuild_from_type_v2``,
   ``torch.serialization._get_layout``, and ``_codecs.encode`` (bytes in pickle protocol 2);
@@ -27,7 +28,7 @@ import codecs
 import contextlib
 import functools
 import pickle
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -42,10 +43,15 @@ _REBUILD_FUNCTIONS = ('_rebuild_parameter', '_rebuild_parameter_with_state', '_r
 
 def torch_weights_only_globals() -> dict[str, Any]:
     """``'module.name' -> object`` for what torch's ``weights_only`` unpickler allows (read
-    off torch 2.0-2.4's ``_get_allowed_globals``; written out here, not imported, since that
-    function is private)."""
+    off torch 2.13's ``_get_allowed_globals``, a superset of 2.0's; written out here, not
+    imported, since that function is private)."""
     allowed: dict[str, Any] = {
         'collections.OrderedDict': OrderedDict,
+        'collections.Counter': Counter,  # mmdet's checkpoints hold one (dataset statistics)
+        'torch.device': torch.device,
+        'builtins.bytearray': bytearray,
+        'builtins.set': set,
+        'builtins.complex': complex,
         'torch.nn.parameter.Parameter': torch.nn.Parameter,
         'torch.Size': torch.Size,
         'torch.Tensor': torch.Tensor,
