@@ -40,11 +40,11 @@ from .base_constructor import (
 )
 from .layer_index import (
     DEFAULT_RULES,
+    GENERIC,
     LAYER_INDEX_STRATEGIES,
     GetLayerIndex,
-    assign_blocks,
     dense_layer_ids,
-    rules_by_module,
+    index_blocks,
 )
 from .pretrained import PretrainedSources, preinitialised_prefixes, pretrained_candidates
 from .report import format_table, level_rows
@@ -86,8 +86,10 @@ class DualOptOptions:
             ``backbone.*``. ``'all'``: every trainable tensor. A list of name prefixes (e.g.
             ``['backbone.', 'neck.']``): the tensors whose name starts with one of them.
             ``custom_keys`` entries with a ``mode`` key override all of these.
-        layer_index: ``'block'`` (architecture-aware, :mod:`dualopt_mm.engine.layer_index`)
-            or ``'tensor'`` (tensor order, like the authors' reference code).
+        layer_index: ``'block'`` (architecture-aware: the backbone's own depth definition,
+            timm's ``group_matcher`` or mmpretrain's ``get_layer_depth``, else the rules of
+            :mod:`dualopt_mm.engine.layer_index`), ``'rules'`` (those rules only) or
+            ``'tensor'`` (tensor order, like the authors' reference code).
         get_layer_index: optional ``name -> (block, depth) | None`` callable consulted before
             the built-in rules of ``layer_index='block'``.
         swap_optimizer: replace a torch ``SGD`` / ``Adam`` / ``AdamW`` by ``DualOptSGD`` /
@@ -394,14 +396,18 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 group['mode'] = self.mode
                 group['mode_auto'] = False
 
-        blocks = assign_blocks(names, options.layer_index, DEFAULT_RULES,
-                               options.get_layer_index)
+        index = index_blocks(names, options.layer_index, DEFAULT_RULES,
+                             options.get_layer_index, model)
         self.index_rules: dict[str, str] = {}
-        if options.layer_index == 'block':
-            reviewed = [n for n, g in zip(names, params) if g['mode'] != 'none']
-            # the rule that indexes each reviewed top-level module ('backbone' -> 'ResNet')
-            self.index_rules = rules_by_module(reviewed, DEFAULT_RULES, options.get_layer_index)
-            generic = sorted(m for m, rule in self.index_rules.items() if rule == 'generic')
+        if options.layer_index != 'tensor':
+            reviewed = {n for n, g in zip(names, params) if g['mode'] != 'none'}
+            # where each reviewed top-level module's order comes from ('backbone' ->
+            # 'timm group_matcher', 'rule: ResNet', ...)
+            self.index_rules = index.by_module(names, reviewed)
+            if index.refused and is_main_process():
+                print_log('DualOpt layer index: upstream depth definitions not used: '
+                          + '; '.join(index.refused), logger='current')
+            generic = sorted(m for m, rule in self.index_rules.items() if rule == GENERIC)
             if generic and is_main_process():
                 print_log(
                     f'DualOpt layer index: no block rule knows {", ".join(generic)}: the '
@@ -410,9 +416,10 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     '(block, depth)) or dualopt_mm.engine.DEFAULT_RULES + '
                     "(ArchitectureRule('MyNet', BlockPattern(r'blocks\\.(?P<b>\\d+)\\.')),)",
                     logger='current')
-        for group, (block, block_index) in zip(params, blocks):
+        for group, (block, block_index), source in zip(params, index.blocks, index.sources):
             group['block'] = block
             group['block_index'] = block_index
+            group['index_source'] = source
         assign_layer_ids(params)
 
     @staticmethod

@@ -1,76 +1,51 @@
 r"""Global layer index of the trainable tensors of a model.
 
-DualOpt's level :math:`k_i` falls with the depth :math:`i` of a tensor. This module decides the
-depth from parameter *names* only (no class-name sniffing), with two strategies:
+DualOpt's level :math:`k_i` falls with the depth :math:`i` of a tensor. Strategies:
 
 ``'tensor'``
-    every tensor is its own layer, in the order of the model's parameters (the order
-    ``model.named_parameters()`` and mmengine's constructor visit them). This is what the
-    authors' reference code does (position of the tensor in its param group) when the whole
-    model is one group.
+    every tensor is its own layer, in the order of the model's parameters, as in the authors'
+    reference code (position of the tensor in its param group, the model being one group).
+``'block'`` (default)
+    tensors are grouped into *blocks* (one level per block), blocks put in depth order. The
+    order of a tensor comes from the first of these that knows it:
 
-``'block'``
-    tensors are grouped into *blocks* (one level for all tensors of a block) and blocks are put
-    in depth order using :class:`ArchitectureRule`\ s keyed on name patterns:
+    1. the user's ``get_layer_index(name) -> (block, depth) | None`` callable;
+    2. the backbone's own definition (:mod:`dualopt_mm.engine.upstream_depth`): timm's
+       ``group_matcher`` for any timm model, mmpretrain's ``get_layer_depth`` (ViT, Swin,
+       ConvNeXt, BEiT, ...), one block per upstream depth;
+    3. the :class:`ArchitectureRule` s below, keyed on parameter names (no class names), for
+       the backbones that define nothing (mmdet / mmseg; the families are listed in
+       docs/integration.md, "Block index");
+    4. the generic fallback: one block per module owning parameters directly (weight and bias
+       share a level), in registration order. It never fails; the constructor logs which
+       modules fall to it.
+``'rules'``
+    ``'block'`` without step 2 (the index of earlier releases).
 
-    ===================  ===================================================================
-    family               blocks, shallow to deep (relative to the backbone's prefix)
-    ===================  ===================================================================
-    ResNet / ResNeXt     ``stem`` (conv1, bn1 or the deep ``stem``), then ``layer{s}.{b}``
-    Swin                 ``stem`` (patch_embed, absolute_pos_embed), ``stages.{s}.blocks.{b}``,
-                         the output norm ``norm{s}``, then ``stages.{s}.downsample``
-    ConvNeXt             ``downsample_layers.{s}`` (0 is the stem), ``stages.{s}.{b}``,
-                         ``norm{s}``
-    MiT (SegFormer)      ``layers.{s}.0`` (patch embed), ``layers.{s}.1.{b}``, ``layers.{s}.2``
-    PVT / PVTv2          as MiT (v1: ``layers.{s}.1.0`` is the stage's position embedding)
-    Staged CNNs          ``stage{s}.{b}`` with ``layer{s}.{b}`` and ``transition{s}``:
-                         HRNet (stem, ``layer1.{b}``, ``transition1``, ``stage2.{module}``,
-                         ...), CSPDarknet (YOLOX) and CSPNeXt (RTMDet) (``stem``,
-                         ``stage{s}.{b}``)
-    Twins / EfficientNet ``layers.{s}.{b}`` with ``patch_embeds.{s}`` before stage s and
-                         ``position_encodings.{s}`` after its first block, ``norm_list.{s}``
-                         after its last (Twins PCPVT/SVT),
-                         or ``layers.{s}`` ConvModules before stage s (mmdet EfficientNet)
-    MSCAN (SegNeXt)      ``patch_embed{s}``, ``block{s}.{b}``, ``norm{s}``
-    PoolFormer           ``patch_embed``, ``network.{2k}.{b}`` (stage k), ``network.{2k+1}``
-                         (its downsampling), ``norm{i}``
-    Darknet (YOLOv3)     ``conv1``, ``conv_res_block{s}.conv``, ``conv_res_block{s}.res{b}``
-    HourglassNet         ``stem``, per stack k: ``hourglass_modules.k``, ``out_convs.k``,
-                         ``conv1x1s.k``, ``remap_convs.k``, ``inters.k``
-    SSD VGG              ``features.{i}`` (each conv layer)
-    timm (TIMMBackbone)  ``conv_stem``/``bn1`` stem, ``blocks.{s}.{b}`` (EfficientNet,
-                         MobileNet...) or ``blocks.{b}`` (ViT), ``conv_head``/``bn2``
-    MobileNetV3 (mmseg)  ``layer{i}`` (MobileNetV2 uses the ResNet rule)
-    ===================  ===================================================================
+A rule *claims* the prefix (the "root", e.g. ``backbone.``) under which its anchor pattern
+(``layer{s}.{b}.``, ``stages.{s}.blocks.{b}.``...) matches; inside a claimed root, the tensors
+registered before the first block form the ``stem`` block and tensors no pattern knows become
+blocks of their own (one per module under the root) after its last block. Patch embeddings
+sit at the depth of the stage they feed, position encodings after it.
 
-    Patch embeddings sit at the depth of the stage they feed, position encodings after it.
-
-    A rule *claims* the prefix (the "root", e.g. ``backbone.``) under which its anchor pattern
-    (``layer{s}.{b}.``, ``stages.{s}.blocks.{b}.``...) matches; inside a claimed root, the
-    tensors registered before the first block form the ``stem`` block and tensors no pattern
-    knows become blocks of their own (one per module under the root) after its last block.
-    Tensors outside every claimed root (FPN necks, heads, or any backbone without a rule) use
-    the generic fallback (the constructor logs which top-level modules fall to it):
-    one block per module that owns parameters directly (a conv's weight and bias share a
-    level), in the order the model registers them. The fallback never fails, so any model
-    gets an index.
-
-The unit of the result is the *block index*: the position of a tensor's block in the depth
-order of all blocks of the given names. :func:`dense_layer_ids` turns block indices of the
-reviewed subset into the ``layer_id`` / ``num_layers`` the optimizers read, so the index is
-global over the reviewed tensors whatever subset is reviewed.
-
-Custom architectures: pass ``rules=DEFAULT_RULES + (ArchitectureRule(...),)`` or a
-``get_layer_index(name) -> (block, depth) | None`` callable (like mmpretrain's
-``get_layer_depth``) to :func:`assign_blocks`; the constructor takes both through its
-``paramwise_cfg``.
+The *block index* of a tensor is the position of its block in the depth order of all blocks;
+each upstream definition, claimed root, callable and generic module is placed where its first
+tensor appears. :func:`dense_layer_ids` turns the block indices of the reviewed subset into the
+``layer_id`` / ``num_layers`` the optimizers read, so the index is global over the reviewed
+tensors whatever subset is reviewed. Custom architectures: pass
+``rules=DEFAULT_RULES + (ArchitectureRule(...),)`` or a ``get_layer_index`` callable to
+:func:`index_blocks` (the constructor takes the callable through its ``paramwise_cfg``).
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Optional
+
+import torch.nn as nn
+
+from .upstream_depth import UpstreamOrders, block_names, find_upstream_orders
 
 #: Sort key of the blocks placed after every numbered block of a stage or root.
 _LAST = 1_000_000
@@ -81,7 +56,10 @@ _STEM_KEY: tuple[float, ...] = (-_LAST, -_LAST, 0)
 #: ``get_layer_index(name)`` returns ``(block_name, depth)`` or None (built-in rules decide).
 GetLayerIndex = Callable[[str], Optional[tuple[str, float]]]
 
-LAYER_INDEX_STRATEGIES = ('block', 'tensor')
+LAYER_INDEX_STRATEGIES = ('block', 'tensor', 'rules')
+
+#: The source of the names no definition and no rule knows.
+GENERIC = 'generic'
 
 
 @dataclass(frozen=True)
@@ -96,15 +74,12 @@ class BlockPattern:
         block: position inside the stage when ``regex`` has no ``b`` group (``-1``: before
             the stage's blocks, ``_LAST``: after them).
         tie: breaks ties between patterns that share (stage, block).
-        name: the block name (default: the matched text), so that sibling modules (a conv and
-            its norm) can share one block.
     """
 
     regex: str
     stage: int = 0
     block: int = 0
     tie: int = 0
-    name: Optional[str] = None
 
     def match(self, relative_name: str) -> Optional[tuple[str, tuple[float, ...]]]:
         """Block name (relative to the root) and sort key of ``relative_name``, or None."""
@@ -114,7 +89,7 @@ class BlockPattern:
         groups = m.groupdict()
         stage = int(groups['s']) if groups.get('s') is not None else self.stage
         block = int(groups['b']) if groups.get('b') is not None else self.block
-        return self.name or m.group(0).rstrip('.'), (stage, block, self.tie)
+        return m.group(0).rstrip('.'), (stage, block, self.tie)
 
 
 @dataclass(frozen=True)
@@ -213,18 +188,13 @@ DEFAULT_RULES: tuple[ArchitectureRule, ...] = (
          BlockPattern(r'remap_convs\.(?P<b>\d+)\.', tie=3),
          BlockPattern(r'inters\.(?P<b>\d+)\.', tie=4)),
     ),
-    ArchitectureRule(
-        'timm',  # mmpretrain's TIMMBackbone: EfficientNet, MobileNet, ...
-        BlockPattern(r'blocks\.(?P<s>\d+)\.(?P<b>\d+)\.'),
-        (BlockPattern(r'(?:conv_head|bn2)\.', stage=_SE, name='head'),),
-    ),
+    # timm's EfficientNet / MobileNet feature extractors (TIMMBackbone(features_only=True)):
+    # EfficientNetFeatures has no group_matcher; the classifiers have one
+    ArchitectureRule('timm features', BlockPattern(r'blocks\.(?P<s>\d+)\.(?P<b>\d+)\.')),
     ArchitectureRule('ResNet', BlockPattern(r'layer(?P<s>\d+)\.(?P<b>\d+)\.')),
     ArchitectureRule('ViT', BlockPattern(r'layers\.(?P<b>\d+)\.')),
-    ArchitectureRule(
-        'timm ViT',
-        BlockPattern(r'blocks\.(?P<b>\d+)\.'),
-        (BlockPattern(r'(?:norm|fc_norm)\.', block=_SE, name='norm'),),
-    ),
+    # mmpretrain's HiViT (its get_layer_depth does not match its blocks)
+    ArchitectureRule('ViT blocks', BlockPattern(r'blocks\.(?P<b>\d+)\.')),
     ArchitectureRule('MobileNetV3', BlockPattern(r'layer(?P<b>\d+)\.')),
     ArchitectureRule('SSD VGG', BlockPattern(r'features\.(?P<b>\d+)\.')),
 )
@@ -259,47 +229,56 @@ def _claim_roots(names: Sequence[str],
     return claimed
 
 
-def rules_by_module(names: Sequence[str], rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
-                    get_layer_index: Optional[GetLayerIndex] = None) -> dict[str, str]:
-    """The rule that indexes each top-level module (``'backbone'`` -> ``'ResNet'``):
-    ``'custom'`` (``get_layer_index``), a rule name, or ``'generic'`` (no rule claims any of
-    its tensors: one level per module)."""
-    custom = {n for n in names if get_layer_index is not None
-              and get_layer_index(n) is not None}
-    roots = _claim_roots([n for n in names if n not in custom], rules)
-    out: dict[str, str] = {}
-    for name in names:
-        top = name.split('.', 1)[0]
-        if name in custom:
-            out[top] = 'custom'
-            continue
-        root = next((r for r in roots if name.startswith(r)), None)
-        if root is not None:
-            out[top] = roots[root].name if out.get(top, 'generic') == 'generic' else out[top]
-        else:
-            out.setdefault(top, 'generic')
-    return out
+@dataclass(frozen=True)
+class BlockIndex:
+    """The block index of a list of parameter names (:func:`index_blocks`).
+
+    Attributes:
+        blocks: ``(block, block_index)`` per name.
+        sources: where each name's order comes from: ``'timm group_matcher'``,
+            ``'mmpretrain get_layer_depth'``, ``'rule: <family>'``, ``'generic'``,
+            ``'get_layer_index'`` (the user's callable) or ``'tensor order'``.
+        refused: the upstream definitions found but not used, with the reason.
+    """
+
+    blocks: list[tuple[str, int]]
+    sources: list[str]
+    refused: tuple[str, ...] = ()
+
+    def by_module(self, names: Sequence[str],
+                  among: Optional[Collection[str]] = None) -> dict[str, str]:
+        """The source of each top-level module (``'backbone'`` -> ``'rule: ResNet'``) over the
+        names in ``among`` (all by default): the first one other than ``'generic'``."""
+        out: dict[str, str] = {}
+        for name, source in zip(names, self.sources):
+            if among is not None and name not in among:
+                continue
+            top = name.split('.', 1)[0]
+            if out.get(top, GENERIC) == GENERIC:
+                out[top] = source
+        return out
 
 
-def assign_blocks(names: Sequence[str],
-                  strategy: str = 'block',
-                  rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
-                  get_layer_index: Optional[GetLayerIndex] = None) -> list[tuple[str, int]]:
-    """Block name and block index of every parameter name.
+def index_blocks(names: Sequence[str],
+                 strategy: str = 'block',
+                 rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
+                 get_layer_index: Optional[GetLayerIndex] = None,
+                 model: Optional[nn.Module] = None) -> BlockIndex:
+    """Block name, block index and order source of every parameter name.
 
     Args:
         names: full parameter names (``backbone.layer1.0.conv1.weight``), in the model's
             parameter order.
-        strategy: ``'block'`` (architecture-aware) or ``'tensor'`` (one layer per tensor, in
-            the order of ``names``).
-        rules: the architecture rules of the ``'block'`` strategy.
+        strategy: ``'block'``, ``'rules'`` or ``'tensor'`` (see the module docstring).
+        rules: the architecture rules of ``'block'`` and ``'rules'``.
         get_layer_index: optional ``name -> (block, depth)`` callable consulted first; names
-            it returns None for follow the rules. Its blocks sort by ``depth`` and are placed
-            where the first of them appears in ``names``.
+            it returns None for follow the other sources. Its blocks sort by ``depth`` and are
+            placed where the first of them appears in ``names``.
+        model: the model of ``names``: with ``'block'`` its modules that define their own
+            order are indexed by it (:mod:`~dualopt_mm.engine.upstream_depth`); None: rules.
 
     Returns:
-        ``(block, block_index)`` per name, ``block_index`` in ``0 .. number_of_blocks - 1``,
-        0 for the shallowest block.
+        ``block_index`` in ``0 .. number_of_blocks - 1`` per name, 0 for the shallowest block.
 
     Raises:
         ValueError: unknown ``strategy`` or duplicate names.
@@ -312,45 +291,54 @@ def assign_blocks(names: Sequence[str],
         duplicates = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f'duplicate parameter names {duplicates}: names must be unique')
     if strategy == 'tensor':
-        return [(name, index) for index, name in enumerate(names)]
+        return BlockIndex([(name, index) for index, name in enumerate(names)],
+                          ['tensor order'] * len(names))
 
-    # region: a claimed root, the callable's names, or one generic block; it is placed where
-    # its first tensor appears. Inside a region blocks sort by a local key.
-    region_of: list[str] = []
-    block_of: list[str] = []
-    key_of: list[tuple[float, ...]] = []
-    roots = _claim_roots(names, rules)
-    first_block_seen: dict[str, bool] = {root: False for root in roots}
+    # region: an upstream or rule root, the callable's names, or one generic block; it is
+    # placed where its first tensor appears. Inside a region blocks sort by a local key.
+    region_of, block_of, source_of = [''] * len(names), [''] * len(names), [''] * len(names)
+    key_of: list[tuple[float, ...]] = [()] * len(names)
+    todo = []
     for position, name in enumerate(names):
         custom = get_layer_index(name) if get_layer_index is not None else None
-        if custom is not None:
-            block, depth = custom
-            region_of.append('\0custom')
-            block_of.append(block)
-            key_of.append((float(depth),))
+        if custom is None:
+            todo.append(position)
             continue
+        region_of[position], source_of[position] = '\0custom', 'get_layer_index'
+        block_of[position], key_of[position] = custom[0], (float(custom[1]),)
+
+    found = (find_upstream_orders(model, [names[p] for p in todo])
+             if strategy == 'block' and model is not None else UpstreamOrders())
+    position_of = {name: position for position, name in enumerate(names)}
+    for order in found.orders:
+        for name, block in block_names(order).items():
+            position = position_of[name]
+            region_of[position], source_of[position] = order.root, order.source
+            block_of[position], key_of[position] = block, (order.depth[name],)
+    todo = [p for p in todo if not source_of[p]]
+
+    roots = _claim_roots([names[p] for p in todo], rules)
+    first_block_seen: dict[str, bool] = {root: False for root in roots}
+    for position in todo:
+        name = names[position]
         root = next((r for r in roots if name.startswith(r)), None)
         if root is None:
             owner = _owner(name)
-            region_of.append('\0generic:' + owner)
-            block_of.append(owner or name)
-            key_of.append(())
+            region_of[position], source_of[position] = '\0generic:' + owner, GENERIC
+            block_of[position] = owner or name
             continue
         relative = name[len(root):]
         located = roots[root].locate(relative)
-        region_of.append(root)
+        region_of[position], source_of[position] = root, 'rule: ' + roots[root].name
         if located is not None:
-            block, key = located
+            block, key_of[position] = located
             first_block_seen[root] = True
-            block_of.append(root + block)
-            key_of.append(key)
+            block_of[position] = root + block
         elif not first_block_seen[root]:
-            block_of.append(root + 'stem')
-            key_of.append(_STEM_KEY)
+            block_of[position], key_of[position] = root + 'stem', _STEM_KEY
         else:  # after the blocks: a block of its own per top module (conv + norm), in order
-            top = relative.split('.', 1)[0]
-            block_of.append(root + top)
-            key_of.append((_LAST, _LAST, position))
+            block_of[position] = root + relative.split('.', 1)[0]
+            key_of[position] = (_LAST, _LAST, position)
 
     region_position: dict[str, int] = {}
     for position, region in enumerate(region_of):
@@ -366,7 +354,18 @@ def assign_blocks(names: Sequence[str],
                              'block names in get_layer_index')
     ordered = sorted(block_key, key=lambda b: block_key[b])
     index = {block: i for i, block in enumerate(ordered)}
-    return [(block, index[block]) for block in block_of]
+    return BlockIndex([(block, index[block]) for block in block_of], source_of,
+                      tuple(found.refused))
+
+
+def assign_blocks(names: Sequence[str],
+                  strategy: str = 'block',
+                  rules: Sequence[ArchitectureRule] = DEFAULT_RULES,
+                  get_layer_index: Optional[GetLayerIndex] = None,
+                  model: Optional[nn.Module] = None) -> list[tuple[str, int]]:
+    """``(block, block_index)`` of every parameter name: :func:`index_blocks` without the
+    sources."""
+    return index_blocks(names, strategy, rules, get_layer_index, model).blocks
 
 
 def dense_layer_ids(block_indices: Sequence[Optional[int]]) -> tuple[list[Optional[int]], int]:

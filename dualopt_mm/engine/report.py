@@ -2,7 +2,9 @@
 
 One row per tensor of the optimizer, with the keys of ``<log_dir>/dualopt_levels.json``
 (docs/integration.md): ``name``, ``block``, ``layer_id``, ``num_layers``, ``level``, ``lr``,
-``weight_decay``, ``mode``.
+``weight_decay``, ``mode``; the constructor's rows add ``order``, where the block order comes
+from (``'timm group_matcher'``, ``'mmpretrain get_layer_depth'``, ``'rule: ResNet'``,
+``'generic'``: :class:`~dualopt_mm.engine.layer_index.BlockIndex`).
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ def level_rows(groups: Iterable[Mapping[str, Any]],
             rows.append(dict(
                 name=name,
                 block=group.get('block'),
+                order=group.get('index_source'),
                 layer_id=group.get('layer_id'),
                 num_layers=group.get('num_layers'),
                 level=level,
@@ -84,8 +87,11 @@ def level_rows(groups: Iterable[Mapping[str, Any]],
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows as a fixed-width text table for the log."""
-    header = ('name', 'block', 'layer', 'level', 'lr', 'weight_decay', 'mode')
+    """Rows as a fixed-width text table for the log (an ``order`` column when a row has
+    one)."""
+    with_order = any(row.get('order') for row in rows)
+    header = ('name', 'block', *(('order',) if with_order else ()), 'layer', 'level', 'lr',
+              'weight_decay', 'mode')
 
     def cell(value: Any) -> str:
         if value is None:
@@ -98,7 +104,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         layer = ('-' if row['layer_id'] is None else
                  f'{row["layer_id"]}/{row["num_layers"] - 1}')
-        lines.append((row['name'], cell(row['block']), layer, cell(row['level']),
+        order = (cell(row.get('order')),) if with_order else ()
+        lines.append((row['name'], cell(row['block']), *order, layer, cell(row['level']),
                       cell(row['lr']), cell(row['weight_decay']), row['mode']))
     widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
     return '\n'.join('  '.join(text.ljust(w) for text, w in zip(line, widths)).rstrip()

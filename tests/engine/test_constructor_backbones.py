@@ -64,20 +64,24 @@ CASES = {
              0.00421053, 0.0, 'finetune'),
             (176, 'backbone.norm3.bias', 'backbone.norm3', 19, 0.0, 0.0, 'finetune'),
         ]),
+    # mmpretrain's ConvNeXt.get_layer_depth: 8 depths (stage 1 with the downsampling before
+    # it, stage 2 by groups of three blocks), not one per block
     'convnext_t_mmpretrain': (
-        'mmpretrain', dict(type='ConvNeXt', arch='tiny'), 182, 23, [
+        'mmpretrain', dict(type='ConvNeXt', arch='tiny'), 182, 8, [
             (0, 'backbone.downsample_layers.0.0.weight', 'backbone.downsample_layers.0', 0,
              0.01, 0.05, 'finetune'),
-            (60, 'backbone.stages.1.1.pointwise_conv2.bias', 'backbone.stages.1.1', 6,
-             0.00727273, 0.05, 'finetune'),
-            (91, 'backbone.stages.2.2.norm.weight', 'backbone.stages.2.2', 11, 0.005, 0.0,
+            (60, 'backbone.stages.1.1.pointwise_conv2.bias', 'backbone.depth2', 2, 0.00714286,
+             0.05, 'finetune'),
+            (91, 'backbone.stages.2.2.norm.weight', 'backbone.depth3', 3, 0.00571429, 0.0,
              'finetune'),
-            (179, 'backbone.norm3.bias', 'backbone.norm3', 22, 0.0, 0.0, 'finetune'),
+            (179, 'backbone.norm3.bias', 'backbone.norm3', 7, 0.0, 0.0, 'finetune'),
         ]),
     'vit_deit_tiny_mmpretrain': (
         'mmpretrain', dict(type='VisionTransformer', arch='deit-tiny', img_size=32), 152, 14, [
-            (0, 'backbone.cls_token', 'backbone.stem', 0, 0.01, 0.05, 'finetune'),
-            (1, 'backbone.pos_embed', 'backbone.stem', 0, 0.01, 0.05, 'finetune'),
+            # VisionTransformer.get_layer_depth: same 14 depths as the ViT rule; its depth 0
+            # (tokens and patch embedding) is no single module
+            (0, 'backbone.cls_token', 'backbone.depth0', 0, 0.01, 0.05, 'finetune'),
+            (1, 'backbone.pos_embed', 'backbone.depth0', 0, 0.01, 0.05, 'finetune'),
             (50, 'backbone.layers.3.ffn.layers.1.weight', 'backbone.layers.3', 4, 0.00692308,
              0.05, 'finetune'),
             (76, 'backbone.layers.6.ln1.weight', 'backbone.layers.6', 7, 0.00461538, 0.0,

@@ -1,5 +1,8 @@
-"""Layer index rules on parameter-name lists (no models): literal blocks and block indices."""
+"""Layer index rules on parameter-name lists, and the backbone's own definition on toy modules:
+literal blocks and block indices."""
 import pytest
+import torch
+import torch.nn as nn
 
 from dualopt_mm.engine.layer_index import (
     DEFAULT_RULES,
@@ -7,6 +10,7 @@ from dualopt_mm.engine.layer_index import (
     BlockPattern,
     assign_blocks,
     dense_layer_ids,
+    index_blocks,
 )
 
 
@@ -146,7 +150,122 @@ def test_dense_layer_ids_close_gaps():
 
 
 def test_errors_name_the_bad_value():
-    with pytest.raises(ValueError, match="'depth'.*'block', 'tensor'"):
+    with pytest.raises(ValueError, match="'depth'.*'block', 'tensor', 'rules'"):
         assign_blocks(['a.w'], strategy='depth')
     with pytest.raises(ValueError, match=r"\['a.w'\]"):
         assign_blocks(['a.w', 'a.w'])
+
+
+# -- the backbone's own definition (get_layer_depth-style toys; real ones in
+#    test_layer_index_defined.py) --------------------------------------------------------------
+class ToyViT(nn.Module):
+    """mmpretrain-style: get_layer_depth(name, prefix) -> (depth, num_layers)."""
+
+    def __init__(self, layers: int = 3) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1))
+        self.patch_embed = nn.Linear(2, 2)
+        self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(layers))
+        self.ln1 = nn.LayerNorm(2)
+
+    def get_layer_depth(self, param_name, prefix=''):
+        num_layers = len(self.layers) + 2
+        name = param_name[len(prefix):]
+        if not param_name.startswith(prefix) or name.startswith('ln1'):
+            return num_layers - 1, num_layers
+        if name.startswith('layers'):
+            return int(name.split('.')[1]) + 1, num_layers
+        return 0, num_layers
+
+
+class Classifier(nn.Module):
+    """mmpretrain's ImageClassifier shape: get_layer_depth without a prefix argument."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(2, 2)
+
+    def get_layer_depth(self, param_name):
+        return self.backbone.get_layer_depth(param_name, 'backbone.')
+
+
+def names_of(model):
+    return [n for n, _ in model.named_parameters()]
+
+
+def test_backbone_definition_wins_over_the_rules():
+    model = Classifier(ToyViT())
+    names = names_of(model)
+    index = index_blocks(names, model=model)
+    assert list(zip(names, index.blocks)) == [
+        ('backbone.cls_token', ('backbone.depth0', 0)),  # no single module holds depth 0
+        ('backbone.patch_embed.weight', ('backbone.depth0', 0)),
+        ('backbone.patch_embed.bias', ('backbone.depth0', 0)),
+        ('backbone.layers.0.weight', ('backbone.layers.0', 1)),
+        ('backbone.layers.0.bias', ('backbone.layers.0', 1)),
+        ('backbone.layers.1.weight', ('backbone.layers.1', 2)),
+        ('backbone.layers.1.bias', ('backbone.layers.1', 2)),
+        ('backbone.layers.2.weight', ('backbone.layers.2', 3)),
+        ('backbone.layers.2.bias', ('backbone.layers.2', 3)),
+        ('backbone.ln1.weight', ('backbone.ln1', 4)),
+        ('backbone.ln1.bias', ('backbone.ln1', 4)),
+        ('head.weight', ('head', 5)),
+        ('head.bias', ('head', 5)),
+    ]
+    # the classifier's own get_layer_depth (no prefix) is not a definition: its backbone's is
+    assert index.by_module(names) == {'backbone': 'mmpretrain get_layer_depth',
+                                      'head': 'generic'}
+    assert index.refused == ()
+    # the hand rules see the same names differently ('ViT': stem, layers, ln1 after)
+    rules = index_blocks(names, 'rules', model=model)
+    assert rules.by_module(names) == {'backbone': 'rule: ViT', 'head': 'generic'}
+    assert rules.blocks[0] == ('backbone.stem', 0)
+    # the user's callable still comes first
+    custom = index_blocks(names, model=model,
+                          get_layer_index=lambda n: ('mine', 0) if 'layers.1' in n else None)
+    assert custom.sources[5:7] == ['get_layer_index'] * 2
+    assert [b for b, _ in custom.blocks] == [b for b, _ in index.blocks[:5]] + ['mine'] * 2 + [
+        b for b, _ in index.blocks[7:]]
+    assert custom.sources[0] == 'mmpretrain get_layer_depth'
+
+
+def test_frozen_and_missing_names_keep_the_upstream_depths():
+    model = Classifier(ToyViT())
+    names = [n for n in names_of(model) if not n.startswith(('backbone.cls', 'backbone.patch'))]
+    index = index_blocks(names, model=model)
+    assert [b for b, _ in index.blocks[:2]] == ['backbone.layers.0'] * 2
+    assert dense_layer_ids([i for _, i in index.blocks])[1] == 5  # 3 layers, ln1, head
+
+
+class OneDepth(ToyViT):
+    def get_layer_depth(self, param_name, prefix=''):
+        return 0, 1
+
+
+class Undeclared(ToyViT):
+    """Matches a prefix it does not have (mmpretrain 1.2's HiViT: 'layers' for 'blocks')."""
+
+    def get_layer_depth(self, param_name, prefix=''):
+        return (0 if 'patch_embed' in param_name else 11), 12
+
+
+class NoTable(ToyViT):
+    def get_layer_depth(self, param_name, prefix=''):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize('backbone, why', [
+    (OneDepth(), 'backbone: mmpretrain get_layer_depth not used: it puts all 11 tensors at '
+                 'one depth'),
+    (Undeclared(), 'backbone: mmpretrain get_layer_depth not used: its parameters use 2 of the '
+                   '12 depths it declares'),
+    (NoTable(), 'backbone: mmpretrain get_layer_depth raised NotImplementedError'),
+])
+def test_a_definition_that_does_not_fit_falls_back_to_the_rules(backbone, why):
+    model = Classifier(backbone)
+    names = names_of(model)
+    index = index_blocks(names, model=model)
+    assert index.refused == (why,)
+    assert index.by_module(names)['backbone'] == 'rule: ViT'
+    assert index.blocks == index_blocks(names, 'rules').blocks

@@ -1,10 +1,12 @@
-"""Every backbone family of the mmdet COCO / mmseg ADE20K configs gets a named block rule, in a
-depth order written out here by name (built from the real classes, shrunk, random init)."""
+"""Every backbone family of the mmdet COCO / mmseg ADE20K configs that defines no depth order of
+its own gets a named block rule, in a depth order written out here by name (built from the real
+classes, shrunk, random init). The backbones that define one are in test_layer_index_defined.py."""
 import pytest
+import torch.nn as nn
 from mmengine.registry import DefaultScope
 
 import dualopt_mm.engine  # noqa: F401
-from dualopt_mm.engine.layer_index import assign_blocks, rules_by_module
+from dualopt_mm.engine.layer_index import index_blocks
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
@@ -99,17 +101,21 @@ CASES = {
     'RegNet_400mf': ('mmdet', dict(type='RegNet', arch='regnetx_400mf'), 'ResNet',
                      ['stem'] + [f'layer{s}.{b}' for s, n in enumerate((1, 2, 7, 12), 1)
                                  for b in range(n)]),
-    'timm_efficientnet_lite0': ('mmpretrain', dict(type='TIMMBackbone',
-                                                   model_name='efficientnet_lite0',
-                                                   pretrained=False), 'timm',
-                                ['timm_model.stem'] + [f'timm_model.blocks.{s}.{b}' for s, n in
-                                                       enumerate((1, 2, 2, 3, 3, 4, 1))
-                                                       for b in range(n)]
-                                + ['timm_model.head']),
-    'timm_vit_tiny': ('mmpretrain', dict(type='TIMMBackbone', model_name='vit_tiny_patch16_224',
-                                         pretrained=False), 'timm ViT',
-                      ['timm_model.stem'] + [f'timm_model.blocks.{b}' for b in range(12)]
-                      + ['timm_model.norm']),
+    # timm's feature extractor has no group_matcher (the classifier has: upstream order)
+    'timm_efficientnet_lite0_features': ('mmpretrain', dict(type='TIMMBackbone',
+                                                            model_name='efficientnet_lite0',
+                                                            features_only=True,
+                                                            pretrained=False), 'timm features',
+                                         ['timm_model.stem']
+                                         + [f'timm_model.blocks.{s}.{b}' for s, n in
+                                            enumerate((1, 2, 2, 3, 3, 4, 1)) for b in range(n)]),
+    # mmpretrain backbones without get_layer_depth, or whose definition is refused
+    'HorNet_tiny': ('mmpretrain', dict(type='HorNet', arch='tiny'), 'ConvNeXt',
+                    [x for s, n in enumerate((2, 3, 18, 2))
+                     for x in [f'downsample_layers.{s}'] + [f'stages.{s}.{b}' for b in range(n)]]
+                    + ['norm3']),
+    'HiViT_tiny': ('mmpretrain', dict(type='HiViT', arch='tiny'), 'ViT blocks',
+                   ['stem'] + [f'blocks.{b}' for b in range(16)]),
 }
 
 
@@ -132,11 +138,15 @@ def test_backbone_block_order_by_name(case):
     scope, cfg, rule, expected = CASES[case]
     if case.startswith('timm'):
         pytest.importorskip('timm')
-    backbone = build_backbone(scope, cfg)
-    names = ['backbone.' + n for n, p in backbone.named_parameters() if p.requires_grad]
+    model = nn.Module()
+    model.backbone = build_backbone(scope, cfg)
+    names = ['backbone.' + n for n, p in model.backbone.named_parameters() if p.requires_grad]
     names += ['neck.weight', 'head.bias']
-    assert rules_by_module(names)['backbone'] == rule
-    blocks = assign_blocks(names)
+    index = index_blocks(names, model=model)  # the model defines no order of its own
+    assert index.by_module(names) == {'backbone': f'rule: {rule}', 'neck': 'generic',
+                                      'head': 'generic'}
+    assert index_blocks(names, 'rules').blocks == index.blocks
+    blocks = index.blocks
     order = sorted({b: i for b, i in blocks}.items(), key=lambda x: x[1])
     assert [b for b, _ in order] == ['backbone.' + b for b in expected] + ['neck', 'head']
     # weight and bias of one layer share a level; the index is dense 0..N

@@ -5,7 +5,8 @@ the list below is checked against them), the stock config and the switched one a
 the same model (random init, nothing loaded, CPU) through a real mmengine Runner, and:
 
 - every trainable tensor keeps its stock lr and weight decay bit for bit;
-- the backbone is indexed by a named block rule (not the generic one);
+- the backbone is indexed by its own depth definition or a named block rule (not the generic
+  one);
 - fine-tuning configs (weights named in ``init_cfg`` / ``pretrained`` / ``load_from``) review
   the backbone only: necks and heads are not rolled back toward their random init;
 - from-scratch configs (no weights anywhere) are not rolled back at all: scratch mode.
@@ -16,7 +17,6 @@ import os.path as osp
 import pytest
 
 import dualopt_mm.engine  # noqa: F401
-from dualopt_mm.engine.layer_index import rules_by_module
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
@@ -25,7 +25,8 @@ pytest.importorskip('mmpretrain')
 from mmengine.config import Config  # noqa: E402
 from upstream_walk import compare, config_root, differences  # noqa: E402
 
-# (package, config) -> backbone rule; SLOW ones are larger models (run in CI all the same)
+# (package, config) -> the backbone's rule, or its own definition (layer_index.index_blocks);
+# SLOW ones are larger models (run in CI all the same)
 FAST = {
     ('mmdet', 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'): 'ResNet',
     ('mmdet', 'yolox/yolox_s_8xb8-300e_coco.py'): 'Staged',
@@ -50,7 +51,8 @@ SLOW = {
     ('mmseg', 'poolformer/fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py'): 'PoolFormer',
     ('mmseg', 'vit/vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py'): 'ViT',
     ('mmseg', 'mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py'): 'ViT',
-    ('mmseg', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'): 'ConvNeXt',
+    ('mmseg', 'convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'):
+        'mmpretrain get_layer_depth',
 }
 
 
@@ -78,13 +80,14 @@ def test_sample_covers_the_installed_config_folders():
     *[pytest.param(p, c, id=c.split('/')[-1][:-3], marks=pytest.mark.slow) for p, c in SLOW],
 ])
 def test_one_line_switch_keeps_the_config_meaning(package, path, tmp_path):
-    rule = {**FAST, **SLOW}[(package, path)]
+    source = {**FAST, **SLOW}[(package, path)]
+    source = source if source.startswith(('mmpretrain ', 'timm ')) else f'rule: {source}'
     full = osp.join(config_root(package), path)
     result = compare(full, str(tmp_path))
     assert differences(result) == []
     groups = result['groups']
-    backbone = [g['param_name'] for g in groups if g['param_name'].startswith('backbone.')]
-    assert rules_by_module(backbone)['backbone'] == rule
+    backbone = [g for g in groups if g['param_name'].startswith('backbone.')]
+    assert {g['index_source'] for g in backbone} == {source}
     reviewed = [g for g in groups if g['mode'] != 'none']
     if pretrained_in_config(Config.fromfile(full)):
         assert reviewed and {g['mode'] for g in reviewed} == {'finetune'}
