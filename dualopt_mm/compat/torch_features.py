@@ -46,28 +46,38 @@ _FUSED_KERNELS = {'sgd': '_fused_sgd_', 'adam': '_fused_adam_', 'adamw': '_fused
 
 
 @functools.cache
-def fused_kernel(name: str, device_type: str) -> Optional[Callable[..., None]]:
-    """torch's fused kernel of ``name`` (``'sgd'``, ``'adam'``, ``'adamw'``) if it runs on
-    ``device_type``, else ``None``: probed by one call on two-element tensors (CPU kernels
-    came in torch 2.4, ``_fused_sgd_`` in 2.2 on CUDA; a device torch cannot reach is None)."""
+def fused_kernel(name: str, device_type: str, dtype: torch.dtype = torch.float32
+                 ) -> Optional[Callable[..., None]]:
+    """torch's fused kernel of ``name`` (``'sgd'``, ``'adam'``, ``'adamw'``) if it computes
+    a correct step for ``dtype`` tensors on ``device_type``, else ``None``.
+
+    Probed by one step on 64 elements (past the kernels' vector width) checked against the
+    formula: CPU kernels came in torch 2.4, ``_fused_sgd_`` in 2.2 on CUDA, and torch 2.13's
+    CPU ``_fused_sgd_`` leaves 16-bit tensors of 32 elements or more unchanged; a device
+    torch cannot reach is ``None`` too.
+    """
     kernel = getattr(torch, _FUSED_KERNELS[name], None)
     if kernel is None:
         return None
     try:
         device = torch.device(device_type)
-        p, g = torch.ones(2, device=device), torch.ones(2, device=device)
+        p = torch.linspace(-2, 2, 64, dtype=dtype, device=device)
+        g = torch.linspace(1, -1, 64, dtype=dtype, device=device)
+        start = p.to(torch.float64, copy=True)
         if name == 'sgd':
             kernel([p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.5, dampening=0.0,
                    nesterov=False, maximize=False, is_first_step=False)
-        else:
-            step = torch.ones((), device=device)
-            kernel([p], [g], [torch.zeros_like(p)], [torch.zeros_like(p)], [], [step],
-                   lr=0.5, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
-                   amsgrad=False, maximize=False)
-        moved = bool((p != 1).all())
-    except (RuntimeError, TypeError, NotImplementedError, AssertionError):
+            expected = start - 0.5 * g.double()
+        else:  # step 1: the bias-corrected moments are g and g^2
+            kernel([p], [g], [torch.zeros_like(p)], [torch.zeros_like(p)], [],
+                   [torch.ones((), device=device)], lr=0.5, beta1=0.9, beta2=0.999,
+                   weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+            g64 = g.double()
+            expected = start - 0.5 * g64 / (g64.abs() + 1e-8)
+        error = float((p.double() - expected).abs().max())
+    except (RuntimeError, TypeError, NotImplementedError, AssertionError):  # no such device
         return None
-    return kernel if moved else None
+    return kernel if error <= 8 * torch.finfo(dtype).eps else None
 
 
 @functools.cache

@@ -206,14 +206,16 @@ def _fused_adam(
     """
     if not params:
         return
-    kernel = fused_kernel('adamw' if decoupled_weight_decay else 'adam', params[0].device.type)
+    name = 'adamw' if decoupled_weight_decay else 'adam'
     torch._foreach_add_(state_steps, 1)
     biases = bias_steps if bias_steps is not None else [None] * len(params)
     keys = list(zip(lrs, weight_decays, biases))
     others = [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [None] * len(params),
               anchors]
     bias_tensors: dict[tuple, Tensor] = {}
-    for (device, _, (lr, weight_decay, bias_step)), chunk in fused_chunks(params, keys, others):
+    for (device, dtype, (lr, weight_decay, bias_step)), chunk in fused_chunks(params, keys,
+                                                                              others):
+        kernel = fused_kernel(name, device.type, dtype)
         steps = [state_steps[i] for i, _ in chunk]
         if bias_step is not None:  # AdamB: the group's step count in the bias corrections
             key = (device, bias_step)

@@ -38,8 +38,8 @@ __all__ = ['DualOptOptimizer', 'ReviewBatch', 'group_label', 'param_label', 'rev
 
 _ParamsT = ParamsT  # the name the subclasses import
 
-# (class name, device type) pairs already told that torch lacks the fused kernel
-_told_no_fused: set[tuple[str, str]] = set()
+# (class name, device type, dtype) already told that torch lacks a working fused kernel
+_told_no_fused: set[tuple[str, str, str]] = set()
 
 
 class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
@@ -102,8 +102,9 @@ class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
             self.param_groups.pop()
             raise
         if group.get('fused'):
-            for device_type in sorted({p.device.type for p in group['params']}):
-                self._fused_available(group, device_type, tell=True)
+            for device_type, dtype in sorted({(p.device.type, p.dtype) for p in group['params']},
+                                             key=str):
+                self._fused_available(group, device_type, dtype, tell=True)
         self._update_amp_scaling()
         self._invalidate_levels()
 
@@ -111,25 +112,27 @@ class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
         """``GradScaler`` hands ``grad_scale`` / ``found_inf`` to ``step()`` (instead of
         skipping it itself) only when every tensor takes the fused path, as in torch."""
         self._step_supports_amp_scaling = bool(self.param_groups) and all(
-            group.get('fused') and all(self._fused_available(group, p.device.type)
+            group.get('fused') and all(self._fused_available(group, p.device.type, p.dtype)
                                        for p in group['params'])
             for group in self.param_groups)
 
-    def _fused_available(self, group: dict[str, Any], device_type: str,
+    def _fused_available(self, group: dict[str, Any], device_type: str, dtype: torch.dtype,
                          tell: bool = False) -> bool:
-        """Whether torch has the group's fused kernel on ``device_type``; ``tell``: say once
-        per process and optimizer class when it has not (then the foreach path runs)."""
+        """Whether torch has a working fused kernel of the group for ``dtype`` tensors on
+        ``device_type``; ``tell``: say once per process, optimizer class, device and dtype
+        when it has not (then the foreach path runs)."""
         name = self._fused_kernel_name(group)
-        if fused_kernel(name, device_type) is not None:
+        if fused_kernel(name, device_type, dtype) is not None:
             return True
-        key = (type(self).__name__, device_type)
+        key = (type(self).__name__, device_type, str(dtype))
         if tell and key not in _told_no_fused:
             _told_no_fused.add(key)
             major, minor = torch_version()
             warnings.warn(
-                f'{key[0]}(fused=True): torch {major}.{minor} has no fused {name} kernel for '
-                f'{device_type} tensors (CPU kernels came with torch 2.4); using the foreach '
-                f'path, which computes the same step', stacklevel=4)
+                f'{key[0]}(fused=True): torch {major}.{minor} has no working fused {name} '
+                f'kernel for {device_type} {key[2][len("torch."):]} tensors (CPU kernels came '
+                f'with torch 2.4); using the foreach path, which computes the same step',
+                stacklevel=4)
         return False
 
     def _path(self, group: dict[str, Any], p: Tensor, sparse: bool) -> str:
@@ -137,7 +140,8 @@ class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
         if sparse:
             return 'loop'
         if group.get('fused'):
-            return 'fused' if self._fused_available(group, p.device.type) else 'foreach'
+            return ('fused' if self._fused_available(group, p.device.type, p.dtype)
+                    else 'foreach')
         foreach = group['foreach']
         if foreach is None:
             foreach = p.device.type in FOREACH_DEVICES

@@ -157,14 +157,15 @@ def _fused_sgd(
     """
     if not params:
         return
-    kernel = fused_kernel('sgd', params[0].device.type)
     first = [momentum != 0 and buf is None for buf in momentum_buffers]
     for i, is_first in enumerate(first):
         if is_first:
             momentum_buffers[i] = torch.empty_like(params[i], memory_format=torch.preserve_format)
     keys = list(zip(lrs, weight_decays, first))
     others = [grads, momentum_buffers, anchors]
-    for (device, _, (lr, weight_decay, is_first)), chunk in fused_chunks(params, keys, others):
+    for (device, dtype, (lr, weight_decay, is_first)), chunk in fused_chunks(params, keys,
+                                                                             others):
+        kernel = fused_kernel('sgd', device.type, dtype)
         chunk_params = take(params, chunk)
         kernel(chunk_params, take(grads, chunk),
                take(momentum_buffers, chunk) if momentum != 0 else [],
