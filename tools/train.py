@@ -125,6 +125,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     runner = build_runner(cfg)
     runner.train()
+    _finish_distributed()
+
+
+def _finish_distributed() -> None:
+    """Wait for every rank, then close the process group: a rank that leaves while rank 0
+    still writes a gathered checkpoint (FSDP / DeepSpeed full state) aborted the CPU gloo run
+    at exit ('terminate called without an active exception'), and torchrun then killed rank 0
+    mid-write."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == '__main__':
