@@ -31,9 +31,9 @@ For such groups (:func:`read_layout`) the optimizer, before its first update
   reviewed depths (mmdet / mmseg) or mmpretrain's own ``layer_id`` (kept, so a resumed
   checkpoint compares equal), ``num_layers`` the reviewed ones' (the deepest reviewed depth
   gets ``k_min``);
-- writes ``layer_id`` / ``num_layers`` and the marker ``foreign_constructor`` into the groups
-  (in the state_dict, so a resumed run keeps its index), and leaves ``mode``, lr and weight
-  decay untouched;
+- writes ``num_layers`` (mmdet / mmseg also ``layer_id``) and the marker
+  ``foreign_constructor`` into the groups (in the state_dict, so a resumed run keeps its index,
+  with no "review settings differ" warning), and leaves ``mode``, lr and weight decay untouched;
 - warns once per optimizer (:class:`ForeignParamGroupsWarning`, and the current mmengine
   logger when mmengine is loaded) with what it did and the one config line that gives DualOpt's
   block index and the pretrained/new split read from the checkpoint.
@@ -52,7 +52,7 @@ import logging
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -136,6 +136,11 @@ def _mmpretrain_depth(group: dict[str, Any]) -> Optional[int]:
     return group['layer_id']
 
 
+def _own_layer_id(group: dict[str, Any]) -> Optional[int]:
+    """The depth of an adopted mmpretrain group: its ``layer_id``, kept as the index."""
+    return group['layer_id'] if _is_int(group.get('layer_id')) else None
+
+
 def _strip_wrappers(name: str) -> str:
     while name.startswith('module.'):
         name = name[len('module.'):]
@@ -143,7 +148,7 @@ def _strip_wrappers(name: str) -> str:
 
 
 def _depths(groups: Sequence[dict[str, Any]], indices: list[int],
-            depth_of: Any) -> Optional[list[int]]:
+            depth_of: Callable[[dict[str, Any]], Optional[int]]) -> Optional[list[int]]:
     depths = [depth_of(groups[gi]) for gi in indices]
     return None if any(d is None for d in depths) else depths
 
@@ -151,19 +156,19 @@ def _depths(groups: Sequence[dict[str, Any]], indices: list[int],
 def read_layout(groups: Sequence[dict[str, Any]], default_mode: str) -> Optional[ForeignLayout]:
     """Recognise the groups of a layer-decay constructor (module docstring), else None."""
     indices = [gi for gi, g in enumerate(groups) if g['params']]
-    if not indices or default_mode == 'none' or any(
-            'block_index' in g or g.get('reference', False) or g.get('mode') != default_mode
-            for g in groups):
-        return None
     marked = [gi for gi in indices if MARKER in groups[gi]]
-    if marked:  # adopted before (or resumed): read the same layout again
+    if marked:  # adopted before (or resumed): the same groups again, groups added since aside
         constructor = groups[marked[0]][MARKER]
-        depths = _depths(groups, marked, _mmseg_depth if constructor == MMSEG_MMDET else
-                         (lambda g: g['layer_id'] if _is_int(g.get('layer_id')) else None))
+        depths = _depths(groups, marked,
+                         _mmseg_depth if constructor == MMSEG_MMDET else _own_layer_id)
         if depths is None:
             return None
         return ForeignLayout(constructor, marked, depths,
                              [_group_names(groups[gi]) for gi in marked])
+    if not indices or default_mode == 'none' or any(
+            'block_index' in g or g.get('reference', False) or g.get('mode') != default_mode
+            for g in groups):
+        return None
     for constructor, depth_of in ((MMSEG_MMDET, _mmseg_depth), (MMPRETRAIN, _mmpretrain_depth)):
         depths = _depths(groups, indices, depth_of)
         if depths is None:

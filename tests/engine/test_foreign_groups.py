@@ -182,6 +182,18 @@ def test_mmseg_mmdet_layout_resumes_silently_and_keeps_its_index():
     assert {k: list(v) for k, v in rows.items()} == before
 
 
+def test_a_group_added_later_leaves_the_adopted_index_alone():
+    params = _params()
+    optimizer = DualOptAdamW(mmseg_groups(params), lr=1e-3)
+    before, _ = _resolve(optimizer)
+    extra = nn.Parameter(torch.ones(3))
+    optimizer.add_param_group(dict(params=[extra], param_names=['extra.weight'], mode='none'))
+    rows, caught = _resolve(optimizer)
+    assert _foreign(caught) == []
+    assert rows.pop(id(extra)) == (None, None, 0.0)
+    assert rows == before
+
+
 def test_mmpretrain_layout_keeps_its_layer_id_and_leaves_the_heads_out():
     """mmpretrain writes ``layer_id`` (its lr-decay depth) into every group, the key DualOpt
     reads as its layer index: before, every tensor was indexed by it and the heads, at the
@@ -221,3 +233,84 @@ def test_scratch_mode_keeps_every_tensor_with_the_constructor_depths():
     assert len(_foreign(caught)) == 1 and 'reviews every tensor' in _foreign(caught)[0]
     assert {n: rows[id(p)][:2] for n, p in params.items()} == {
         n: (depth, 4) for n, (depth, _) in TENSORS.items()}
+
+
+# ----------------------------------------------------------------- real upstream constructors
+# (package, config, constructor, trainable tensors, of which backbone.*, reviewed depths)
+UPSTREAM = {
+    'mmdet_convnext': (
+        'mmdet', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py', MMSEG_MMDET,
+        228, 186, 8),
+    'mmseg_beit': (
+        'mmseg', 'beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py', MMSEG_MMDET,
+        246, 195, 13),
+    'mmpretrain_mae': (
+        'mmpretrain', 'mae/benchmarks/vit-base-p16_8xb128-coslr-100e_in1k.py', MMPRETRAIN,
+        152, 150, 14),
+}
+
+
+def _type_line_model(package: str, path: str, tmp_path) -> tuple:
+    """The model of an upstream config (random init, nothing loaded), the config with
+    ``optim_wrapper = dict(optimizer=dict(type='DualOptAdamW'))`` alone, and the stock one."""
+    pytest.importorskip(package)
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, DefaultScope
+    from mmengine.utils import import_modules_from_strings
+    from upstream_walk import config_root
+
+    import dualopt_mm.engine  # noqa: F401
+    full = osp.join(config_root(package), path)
+    child = tmp_path / 'type_line.py'
+    child.write_text(f'_base_ = {full!r}\n'
+                     "optim_wrapper = dict(optimizer=dict(type='DualOptAdamW'))\n")
+    cfg, stock_cfg = Config.fromfile(str(child)), Config.fromfile(full)
+    assert cfg.optim_wrapper.optimizer.type == 'DualOptAdamW'
+    import_modules_from_strings((cfg.get('custom_imports') or {}).get('imports', []))
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model)
+    return model, cfg, stock_cfg
+
+
+def _optimizer(model, cfg):
+    """The optimizer the config's constructor builds (AmpOptimWrapper as the plain wrapper)."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+    from upstream_walk import cpu_optim_wrapper
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        return build_optim_wrapper(model, cpu_optim_wrapper(cfg.optim_wrapper)).optimizer
+
+
+def _per_tensor(optimizer) -> Dict[int, tuple]:
+    return {id(p): (g['lr'], g.get('weight_decay')) for g in optimizer.param_groups
+            for p in g['params']}
+
+
+@pytest.mark.parametrize('case', [
+    pytest.param(c, marks=pytest.mark.slow) if c != 'mmdet_convnext' else c
+    for c in sorted(UPSTREAM)])
+def test_real_layer_decay_constructors_under_the_type_line(case, tmp_path, monkeypatch):
+    package, path, constructor, num_tensors, num_backbone, num_layers = UPSTREAM[case]
+    model, cfg, stock_cfg = _type_line_model(package, path, tmp_path)
+    optimizer, stock = _optimizer(model, cfg), _optimizer(model, stock_cfg)
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    backbone = {n for n in names.values() if n.startswith('backbone.')}
+    assert (len(names), len(backbone)) == (num_tensors, num_backbone)
+    assert _per_tensor(optimizer) == _per_tensor(stock)  # lr / weight decay: the constructor's
+
+    rows, caught = _resolve(optimizer)
+    messages = _foreign(caught)
+    assert len(messages) == 1 and constructor in messages[0] and CONSTRUCTOR_LINE in messages[0]
+    reviewed = {names[i]: row for i, row in rows.items() if row[0] is not None}
+    assert set(reviewed) == backbone  # every backbone tensor, nothing else
+    assert {n for _, n, _ in reviewed.values()} == {num_layers}
+    assert sorted({i for i, _, _ in reviewed.values()}) == list(range(num_layers))
+    assert _foreign(_resolve(optimizer)[1]) == []  # once
+    assert _per_tensor(optimizer) == _per_tensor(stock)
+
+    # before: the same groups indexed without looking at their keys
+    import dualopt_mm.optim.foreign_groups as foreign_groups
+    monkeypatch.setattr(foreign_groups, 'read_layout', lambda groups, default_mode: None)
+    before = _optimizer(model, cfg)
+    old = {names[i]: row for i, row in _resolve(before)[0].items() if row[0] is not None}
+    assert set(old) == set(names.values())  # the heads were reviewed too
