@@ -6,6 +6,8 @@ into pytest markers and gives the tests what torch < 2.5 lacks.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import pickletools
 import zipfile
 from typing import Set
@@ -16,6 +18,11 @@ import torch
 from dualopt_mm.compat.restricted_unpickler import torch_weights_only_globals
 
 TORCH = torch.__version__.split('+')[0]
+
+#: torch >= 2.1 updates Adam's first moment with ``lerp_`` (as DualOpt does); torch 2.0 with
+#: ``mul_(beta1).add_(grad, alpha=1 - beta1)``, which rounds differently in the last bit
+ADAM_FIRST_MOMENT_IS_LERP = 'exp_avg.lerp_(' in inspect.getsource(
+    importlib.import_module('torch.optim.adam'))
 
 needs_amp_grad_scaler = pytest.mark.skipif(
     getattr(torch.amp, 'GradScaler', None) is None,
