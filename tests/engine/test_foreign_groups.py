@@ -314,3 +314,7 @@ def test_real_layer_decay_constructors_under_the_type_line(case, tmp_path, monke
     before = _optimizer(model, cfg)
     old = {names[i]: row for i, row in _resolve(before)[0].items() if row[0] is not None}
     assert set(old) == set(names.values())  # the heads were reviewed too
+    # mmdet / mmseg: one level per tensor; mmpretrain: its layer_id read as DualOpt's, the
+    # heads at the deepest depth
+    assert {n for _, n, _ in old.values()} == {
+        num_tensors if constructor == MMSEG_MMDET else num_layers}
