@@ -22,11 +22,16 @@ synchronisation.
 The DualOpt optimizers run with their defaults (``mode='finetune'``, every trainable tensor
 reviewed: the worst case; a real fine-tuning run reviews only the backbone)::
 
-    python tools/analysis/benchmark_optimizer.py --model all --repeats 10
+    python tools/analysis/benchmark_optimizer.py --model all --repeats 10 --threads 1 2
     python tools/analysis/benchmark_optimizer.py --model upernet_swin --device cuda
 
-Prints a markdown table: ms/step, ratio to the torch optimizer (foreach=True), ratio loop/foreach,
-optimizer-state memory in MB and as a multiple of the parameter memory.
+Each family (AdamW, SGD with momentum) is timed as torch's optimizer with ``fused=True`` (the
+yardstick: torch's fastest step) and ``foreach=True``, and DualOpt's with ``fused=True``,
+``foreach=True`` and the loop (plus a bf16 anchor for AdamW). ``--threads 1 2`` repeats the
+table at each thread count. Prints a markdown table: ms/step, the ratio to torch's fused step,
+the bytes the step must move at least (AdamW 28 B, SGD 20 B per float32 parameter, plus the
+anchor read for DualOpt) and the time that takes at the machine's copy bandwidth (the floor),
+the optimizer-state memory in MB and as a multiple of the parameter memory.
 """
 from __future__ import annotations
 
@@ -174,6 +179,32 @@ def _median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
+def step_bytes(family: str, param_set: ParamSet, anchor_bytes: int) -> int:
+    """Bytes one step must move at least: AdamW reads p, g, m, v and writes p, m, v (28 B
+    per float32 parameter), SGD with momentum reads p, g, b and writes p, b (20 B); the
+    review adds one read of theta_0 (``anchor_bytes`` per parameter, 0 for torch)."""
+    per_param = (28 if family == 'AdamW' else 20) + anchor_bytes
+    return per_param * param_set.num_params
+
+
+def copy_bandwidth(device: torch.device, clock: str, numel: int = 1 << 25,
+                   repeats: int = 9) -> float:
+    """Bytes per second of ``a.add_(b)`` on 128 MiB float32 tensors (two reads, one write),
+    the fastest of ``repeats`` timed with the steps' clock: the streaming bandwidth the
+    optimizer steps can reach at the current thread count."""
+    a, b = torch.randn(numel, device=device), torch.randn(numel, device=device)
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    timer = time.perf_counter if clock == 'wall' else time.process_time
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = timer()
+        a.add_(b)
+        sync()
+        times.append(timer() - start)
+    return 3 * numel * 4 / max(min(times), 1e-9)
+
+
 def benchmark(param_set: ParamSet, warmup: int, repeats: int, clock: str,
               progress: Callable[[str], None]) -> list[dict[str, Any]]:
     try:
@@ -183,48 +214,52 @@ def benchmark(param_set: ParamSet, warmup: int, repeats: int, clock: str,
         from dualopt_mm.optim import DualOptAdamW, DualOptSGD
 
     rows = []
+    bandwidth = copy_bandwidth(param_set.device, clock)
     families = [
         ('AdamW', torch.optim.AdamW, DualOptAdamW, ADAMW_KWARGS),
         ('SGD', torch.optim.SGD, DualOptSGD, SGD_KWARGS),
     ]
     for family, torch_cls, our_cls, kwargs in families:
-        variants = {
-            f'torch {family} (foreach)': (torch_cls, dict(kwargs, foreach=True)),
-            f'{our_cls.__name__} (foreach)': (our_cls, dict(kwargs, foreach=True)),
-            f'{our_cls.__name__} (loop)': (our_cls, dict(kwargs, foreach=False)),
+        ours = our_cls.__name__
+        variants = {  # label: (class, kwargs, bytes of theta_0 per parameter)
+            f'torch {family} (fused)': (torch_cls, dict(kwargs, fused=True), 0),
+            f'torch {family} (foreach)': (torch_cls, dict(kwargs, foreach=True), 0),
+            f'{ours} (fused)': (our_cls, dict(kwargs, fused=True), 4),
+            f'{ours} (foreach)': (our_cls, dict(kwargs, foreach=True), 4),
+            f'{ours} (loop)': (our_cls, dict(kwargs, foreach=False), 4),
         }
         if family == 'AdamW':
-            variants[f'{our_cls.__name__} bf16 anchor (foreach)'] = (
-                our_cls, dict(kwargs, foreach=True, anchor_dtype='bfloat16'))
+            variants[f'{ours} bf16 anchor (fused)'] = (
+                our_cls, dict(kwargs, fused=True, anchor_dtype='bfloat16'), 2)
         optimizers = {}
-        for label, (cls, cls_kwargs) in variants.items():
+        for label, (cls, cls_kwargs, _) in variants.items():
             progress(f'{param_set.name}: building {label}')
             optimizers[label] = param_set.build(cls, cls_kwargs)[0]
         times = time_steps(optimizers, warmup, repeats, param_set.device, clock,
                            lambda msg, f=family: progress(f'{param_set.name} {f}: {msg}'))
-        base = times[f'torch {family} (foreach)']
-        ours = times[f'{our_cls.__name__} (foreach)']
+        base = times[f'torch {family} (fused)']
         for label, optimizer in optimizers.items():
             nbytes = state_bytes(optimizer)
+            moved = step_bytes(family, param_set, variants[label][2])
+            floor_ms = moved / bandwidth * 1e3
+            ms = statistics.median(times[label])
             rows.append(dict(
-                model=param_set.name, optimizer=label, ms=statistics.median(times[label]),
-                vs_torch=_median_ratio(times[label], base),
-                loop_vs_foreach=(_median_ratio(times[label], ours) if '(loop)' in label
-                                 else None),
-                state_mb=nbytes / 2**20, state_ratio=nbytes / param_set.param_bytes))
+                model=param_set.name, threads=torch.get_num_threads(), optimizer=label, ms=ms,
+                vs_torch=_median_ratio(times[label], base), moved_mb=moved / 2**20,
+                floor_ms=floor_ms, vs_floor=ms / floor_ms, state_mb=nbytes / 2**20,
+                state_ratio=nbytes / param_set.param_bytes, bandwidth=bandwidth))
         del optimizers
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ['| model | optimizer | ms/step | / torch | loop / foreach | state MB | '
-             'state / params |',
-             '|---|---|---:|---:|---:|---:|---:|']
+    lines = ['| model | threads | optimizer | ms/step | / torch fused | MB moved | floor ms '
+             '| / floor | state MB | state / params |',
+             '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
-        loop = f'{r["loop_vs_foreach"]:.2f}' if r['loop_vs_foreach'] is not None else ''
-        lines.append(f'| {r["model"]} | {r["optimizer"]} | {r["ms"]:.1f} | '
-                     f'{r["vs_torch"]:.2f} | {loop} | {r["state_mb"]:.1f} | '
-                     f'{r["state_ratio"]:.2f} |')
+        lines.append(f'| {r["model"]} | {r["threads"]} | {r["optimizer"]} | {r["ms"]:.1f} | '
+                     f'{r["vs_torch"]:.2f} | {r["moved_mb"]:.0f} | {r["floor_ms"]:.1f} | '
+                     f'{r["vs_floor"]:.2f} | {r["state_mb"]:.1f} | {r["state_ratio"]:.2f} |')
     return '\n'.join(lines)
 
 
@@ -234,13 +269,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=10, help='timed rounds (median)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--threads', type=int, nargs='+', default=None,
+                        help='torch.set_num_threads, one table block per value (e.g. 1 2)')
     parser.add_argument('--clock', choices=['wall', 'cpu'], default=None,
                         help="'wall' (default on CUDA) or 'cpu': process CPU time (default on "
                              'CPU, steadier on a shared machine)')
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        parser.error(f'--repeats must be >= 1, got {args.repeats}')
+    if args.warmup < 0:
+        parser.error(f'--warmup must be >= 0, got {args.warmup}')
+    if args.threads and min(args.threads) < 1:
+        parser.error(f'--threads must be >= 1, got {min(args.threads)}')
     device = torch.device(args.device)
     clock = args.clock or ('cpu' if device.type == 'cpu' else 'wall')
 
@@ -255,13 +295,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         sources.append(f'- {param_set.source}: {param_set.num_tensors} trainable tensors '
                        f'(one param group each), {param_set.num_params / 1e6:.1f} M parameters, '
                        f'{param_set.param_bytes / 2**20:.0f} MB')
-        rows += benchmark(param_set, args.warmup, args.repeats, clock, progress)
+        for threads in args.threads or [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            rows += benchmark(param_set, args.warmup, args.repeats, clock, progress)
         del param_set
     device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
-                   else f'CPU, torch.get_num_threads()={torch.get_num_threads()}')
+                   else 'CPU')
+    bandwidths = ', '.join(f'{r["bandwidth"] / 1e9:.1f} GB/s at {r["threads"]} thread(s)'
+                           for r in {(r['model'], r['threads']): r for r in rows}.values())
     print(f'torch {torch.__version__}, {device_name}, {clock} clock, median of {args.repeats} '
           f'interleaved steps after {args.warmup} warm-up steps (ratios: median of per-round '
-          f'ratios), random gradients, one param group per tensor\n')
+          f'ratios), random gradients, one param group per tensor; floor = bytes a step must '
+          f'move / copy bandwidth ({bandwidths})\n')
     print('\n'.join(sources) + '\n')
     print(markdown(rows))
     return 0
