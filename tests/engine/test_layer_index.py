@@ -269,3 +269,17 @@ def test_a_definition_that_does_not_fit_falls_back_to_the_rules(backbone, why):
     assert index.refused == (why,)
     assert index.by_module(names)['backbone'] == 'rule: ViT'
     assert index.blocks == index_blocks(names, 'rules').blocks
+
+
+def test_timm_is_imported_only_for_a_module_with_group_matcher():
+    """timm is optional: importing the index (and indexing a model without group_matcher)
+    never imports it."""
+    import subprocess
+    import sys
+    code = ('import sys, torch.nn as nn\n'
+            'from dualopt_mm.engine.layer_index import index_blocks\n'
+            'm = nn.Sequential(nn.Linear(2, 2))\n'
+            'index_blocks([n for n, _ in m.named_parameters()], model=m)\n'
+            "assert 'timm' not in sys.modules, 'timm imported'\n")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
