@@ -46,9 +46,15 @@ from .layer_index import (
     dense_layer_ids,
     index_blocks,
 )
-from .pretrained import PretrainedSources, preinitialised_prefixes, pretrained_candidates
+from .pretrained import (
+    PretrainedSources,
+    calling_runner,
+    preinitialised_prefixes,
+    pretrained_candidates,
+)
 from .report import format_table, level_rows
-from .strategies.fsdp import check_fsdp, clean_name, is_fsdp, pad_anchor_state
+from .strategies import check_strategy
+from .strategies.fsdp import clean_name, is_fsdp, pad_anchor_state
 from .zero import DualOptZeroRedundancyOptimizer
 
 #: ``paramwise_cfg['dualopt']`` keys forwarded to the optimizer (its ``defaults``).
@@ -287,7 +293,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                         f'(did you mean {" or ".join(map(repr, matches))}?): it would be '
                         'copied into the param groups and read by nothing')
 
-    def _decide_mode(self, model: nn.Module) -> Optional[PretrainedSources]:
+    def _decide_mode(self, model: nn.Module, runner: Any = None
+                     ) -> Optional[PretrainedSources]:
         """Set :attr:`mode` from the config and the pretrained sources; log the decision.
 
         No mode given: ``'finetune'`` when the config names pretrained weights (an
@@ -299,7 +306,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         self.mode = self.mode_given or 'finetune'
         if self.mode_given == 'scratch' or self.mode_given == 'none':
             return None
-        sources = PretrainedSources.find(model)
+        sources = PretrainedSources.find(model, runner)
         if self.mode_given is None and self.options.pretrained == 'auto' and \
                 sources.none_anywhere:
             self.mode = 'scratch'
@@ -462,7 +469,7 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     'k_max, or exempt it with custom_keys mode=\'none\'')
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
-        fsdp = is_fsdp(model)
+        wrapped, fsdp = model, is_fsdp(model)
         if hasattr(model, 'module'):
             model = model.module
         optim_wrapper_cfg = self.optim_wrapper_cfg.copy()
@@ -473,10 +480,12 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if self.zero_optimizer_type is not None:
             optimizer_cfg['optimizer_type'] = self.zero_optimizer_type
         self.auto_scratch = False
-        sources = self._decide_mode(model)
-        if fsdp:
-            skip_1d = self.options.review.get('skip_1d', self.optimizer_cfg.get('skip_1d'))
-            check_fsdp(model, self.mode, skip_1d)
+        # mmengine passes the constructor no runner: found once on the stack, then passed on
+        runner = calling_runner()
+        sources = self._decide_mode(model, runner)
+        check_strategy(wrapped, runner, self.mode,  # FSDP / DeepSpeed: refused settings
+                       self.options.review.get('skip_1d', self.optimizer_cfg.get('skip_1d')),
+                       self.local_optimizer.__name__ if reviews else None)
 
         extra = self.options.optimizer_kwargs()
         if self.auto_scratch and not any(k in extra or k in optimizer_cfg

@@ -115,8 +115,9 @@ class PretrainedSources:
     resume: bool = False
 
     @classmethod
-    def find(cls, model: nn.Module) -> PretrainedSources:
-        runner = calling_runner()
+    def find(cls, model: nn.Module, runner: Any = None) -> PretrainedSources:
+        """The sources of ``model`` built by ``runner`` (default: :func:`calling_runner`)."""
+        runner = runner if runner is not None else calling_runner()
         return cls(init_prefixes=pretrained_init_prefixes(model),
                    built_prefixes=preinitialised_prefixes(model),
                    load_from=getattr(runner, '_load_from', None) if runner else None,

@@ -29,6 +29,7 @@ before each CheckpointHook save).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -198,3 +199,35 @@ class ZeroConsolidateHook(Hook):
         for wrapper in wrappers:
             if isinstance(wrapper.optimizer, ZeroRedundancyOptimizer):
                 wrapper.optimizer.consolidate_state_dict()
+
+
+def _explain_torch_optim_lookup() -> None:
+    """mmengine's ``ZeroRedundancyOptimizer`` finds ``optimizer_type`` with
+    ``getattr(torch.optim, name)``: a registered name that torch does not have
+    (``'DualOptAdamW'``) fails there with a bare AttributeError. Before that lookup, say which
+    spelling works. Names torch has, and names registered nowhere, are left to mmengine."""
+    from mmengine.optim import ZeroRedundancyOptimizer as MMEngineZero
+    init = MMEngineZero.__init__
+    if getattr(init, '_dualopt_explained', False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self: Any, params: Any, optimizer_type: Any, **kwargs: Any) -> None:
+        if isinstance(optimizer_type, str) and not hasattr(torch.optim, optimizer_type):
+            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+                known = registry.get(optimizer_type) is not None
+            if known:
+                raise ValueError(
+                    f"mmengine's ZeroRedundancyOptimizer looks optimizer_type up in "
+                    f"torch.optim only, which has no {optimizer_type!r}. Use "
+                    f"type='DualOptZeroRedundancyOptimizer', optimizer_type={optimizer_type!r} "
+                    "(any registered optimizer), or keep type='ZeroRedundancyOptimizer' with "
+                    "optimizer_type='AdamW' / 'SGD' / 'Adam' and "
+                    "constructor='DualOptOptimWrapperConstructor', which swaps in DualOpt's")
+        init(self, params, optimizer_type, **kwargs)
+
+    __init__._dualopt_explained = True  # type: ignore[attr-defined]
+    MMEngineZero.__init__ = __init__
+
+
+_explain_torch_optim_lookup()

@@ -60,7 +60,8 @@ class InterleavedToyData(ToyData):
 @HOOKS.register_module()
 class AnchorProbeHook(Hook):
     """Records, right after WeightRollbackHook's ``before_train``, each reviewed tensor's
-    θ_0 as this rank holds it (a flat FSDP shard, a whole tensor, ...), by name."""
+    θ_0 as this rank holds it (a flat FSDP shard, a DeepSpeed partition, a whole tensor), by
+    name."""
 
     priority = 'LOW'
 
@@ -68,7 +69,9 @@ class AnchorProbeHook(Hook):
         self.anchors: Dict[str, torch.Tensor] = {}
 
     def before_train(self, runner) -> None:
+        from dualopt_mm.engine.strategies import adapter_for
         optimizer = runner.optim_wrapper.optimizer
+        optimizer = adapter_for(runner.model, optimizer).optimizer_of(optimizer)
         for group in optimizer.param_groups:
             for p in group['params']:
                 anchor = optimizer.state.get(p, {}).get('anchor')
@@ -87,7 +90,8 @@ def make_flexible_runner(work_dir: str,
                          accumulative_counts: int = 1,
                          dataset: Optional[torch.utils.data.Dataset] = None,
                          hooks: Optional[List[dict]] = None,
-                         launcher: str = 'pytorch') -> FlexibleRunner:
+                         launcher: str = 'pytorch',
+                         model: Optional[torch.nn.Module] = None) -> FlexibleRunner:
     """A FlexibleRunner (IterBasedTrainLoop, fixed batches of 2, constant lr) on the toy
     detector, the constructor's one-line switch and WeightRollbackHook(interval=1)."""
     optim_wrapper: Dict[str, Any] = dict(
@@ -96,7 +100,7 @@ def make_flexible_runner(work_dir: str,
     if accumulative_counts > 1:
         optim_wrapper['accumulative_counts'] = accumulative_counts
     return FlexibleRunner(
-        model=toy_model(),
+        model=model if model is not None else toy_model(),
         work_dir=work_dir,
         experiment_name=unique_experiment_name('flexible_toy'),
         strategy=strategy,

@@ -200,3 +200,20 @@ def test_zero1_in_a_ddp_runner_resumes_exactly(tmp_path):
             assert torch.equal(anchor, loaded[name]), name
     assert not ranks[0]['local_anchors'] & ranks[1]['local_anchors']
     assert len(ranks[0]['local_anchors'] | ranks[1]['local_anchors']) == 17  # backbone + neck
+
+
+def test_mmengine_zero_with_a_dualopt_type_names_the_supported_spelling():
+    """mmengine's ZeroRedundancyOptimizer looks optimizer_type up in torch.optim: a DualOpt
+    name gets a clear error (before any process group is needed), torch's names are left."""
+    import torch.nn as nn
+
+    import dualopt_mm  # noqa: F401
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="torch.optim only, which has no 'DualOptAdamW'.*"
+                       "type='DualOptZeroRedundancyOptimizer'"):
+        build_optim_wrapper(model, dict(optimizer=dict(
+            type='ZeroRedundancyOptimizer', optimizer_type='DualOptAdamW', lr=1e-3)))
+    with pytest.raises(Exception) as unknown:  # not registered anywhere: mmengine's own error
+        build_optim_wrapper(model, dict(optimizer=dict(
+            type='ZeroRedundancyOptimizer', optimizer_type='NoSuchOptimizer', lr=1e-3)))
+    assert 'DualOptZeroRedundancyOptimizer' not in str(unknown.value)

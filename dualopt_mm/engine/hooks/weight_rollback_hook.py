@@ -219,9 +219,15 @@ class WeightRollbackHook(Hook):
 
     # -- before_train ----------------------------------------------------------------------
     def before_train(self, runner) -> None:
+        # a resume that called no after_load_checkpoint (DeepSpeedStrategy) still set the
+        # iteration: θ_0 then comes from the resumed optimizer state, never the weights
+        self._resumed = self._resumed or runner.iter > 0
         model = _unwrap(runner.model)
-        self._optimizers = _optimizers(runner.optim_wrapper)
-        self._adapters = {id(o): adapter_for(runner.model, o) for o in self._optimizers}
+        self._optimizers, self._adapters = [], {}
+        for wrapped in _optimizers(runner.optim_wrapper):  # DeepSpeed's ZeRO wraps ours
+            strategy = adapter_for(runner.model, wrapped)
+            self._optimizers.append(strategy.optimizer_of(wrapped))
+            self._adapters[id(self._optimizers[-1])] = strategy
         adapter = self._adapters[id(self._optimizers[0])]
         names = adapter.param_names(model)
         filled: Optional[set[str]] = None
@@ -232,6 +238,7 @@ class WeightRollbackHook(Hook):
             dualopt = reviews_itself(optimizer)
             self._dualopt[key] = dualopt
             self._adapters[key].check_hook(self.review, foreign=not dualopt)
+            self._adapters[key].check_groups(optimizer, _is_annotated(optimizer))
             if self.review and dualopt:
                 raise ValueError(
                     f'WeightRollbackHook(review=True) with {type(optimizer).__name__}, which '
@@ -299,6 +306,13 @@ class WeightRollbackHook(Hook):
         missing = unanchored()
         if not missing:
             return
+        if self._adapters[id(optimizer)].sharded:
+            raise NotImplementedError(
+                f'the resumed optimizer state has no theta_0 for {len(missing)} fine-tuned '
+                f'tensors (written by another optimizer?), and under '
+                f'{self._adapters[id(optimizer)].name} this rank holds only slices of them, '
+                'which the pretrained checkpoint cannot be matched to. Start a fresh DualOpt '
+                'run from the pretrained weights instead of resuming')
         weights, sources = pretrained_weights(model)
         if not weights:
             raise RuntimeError(
@@ -343,7 +357,7 @@ class WeightRollbackHook(Hook):
             return
         changed = []
         for group in auto:
-            mode = 'finetune' if names[id(group['params'][0])] in filled else 'none'
+            mode = 'finetune' if group['param_name'] in filled else 'none'
             if group['mode'] != mode:
                 changed.append(f'{group["param_name"]}: {group["mode"]} -> {mode}')
                 group['mode'] = mode

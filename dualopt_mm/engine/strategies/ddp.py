@@ -8,7 +8,7 @@ the ranks. The other strategies (:mod:`.fsdp`, :mod:`.deepspeed`) override what 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -37,12 +37,21 @@ class StrategyAdapter:
         """``name -> shape`` of every parameter as a checkpoint holds it (unsharded)."""
         return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
+    def optimizer_of(self, optimizer: Any) -> torch.optim.Optimizer:
+        """The optimizer whose param groups and state hold the tensors (the one given, unless
+        the strategy wraps it)."""
+        return optimizer
+
     def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Per-rank partial sums (e.g. squared norms) added into the whole model's."""
         return values
 
     def check_hook(self, review: bool, foreign: bool) -> None:
         """Refuse what WeightRollbackHook cannot do under this strategy (nothing here)."""
+
+    def check_groups(self, optimizer: torch.optim.Optimizer, annotated: bool) -> None:
+        """Refuse param groups the strategy cannot review right (``annotated``: built by
+        DualOptOptimWrapperConstructor, one tensor each). Nothing here."""
 
 
 class ZeroAdapter(StrategyAdapter):
