@@ -13,6 +13,7 @@ from torch import Tensor
 from ..compat.torch_features import fused_kernel
 from .foreach import bucket_chunks
 from .fused import fused_chunks, no_amp_tensors, review_chunk_, take, undo_steps_on_inf
+from .native import native_kernels
 from .review import review_multi_tensor, review_tensor_
 
 __all__ = ['ADAM_FUNCTIONALS']
@@ -193,10 +194,12 @@ def _fused_adam(
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
 ) -> None:
-    """:func:`_single_tensor_adam` through torch's fused kernel (``torch._fused_adam_`` /
-    ``_fused_adamw_``: one pass over parameter, gradient and moments per chunk), then the
-    review of the same chunk (:mod:`~dualopt_mm.optim.fused`): same signature, the same step
-    up to the kernel's rounding (it computes in float32 for 16-bit tensors).
+    """:func:`_single_tensor_adam` in one pass over memory: on CPU, float32 / float64
+    tensors take the native kernels (:mod:`~dualopt_mm.optim.native`: the loop's operations
+    and the review, element by element); the others torch's fused kernel
+    (``torch._fused_adam_`` / ``_fused_adamw_``) then the review of the same chunk
+    (:mod:`~dualopt_mm.optim.fused`), the same step up to the kernel's rounding (it computes
+    in float32 for 16-bit tensors). Same signature as the loop.
 
     ``state_steps`` are float32 tensors on the parameters' device (as torch's fused Adam keeps
     them); ``bias_steps`` (reference mode) are passed to the kernel as step tensors of their
@@ -208,10 +211,40 @@ def _fused_adam(
         return
     name = 'adamw' if decoupled_weight_decay else 'adam'
     torch._foreach_add_(state_steps, 1)
+    maxes: list[Optional[Tensor]] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
+    kernels = native_kernels() if grad_scale is None and found_inf is None else None
+    rest = list(range(len(params)))
+    if kernels is not None:  # CPU float32 / float64: one pass, the loop's operations
+        jobs, rest = [], []
+        for i, p in enumerate(params):
+            if not kernels.supports(p, anchors[i], [grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                                    maxes[i]]):
+                rest.append(i)
+                continue
+            lr, weight_decay = lrs[i], weight_decays[i]
+            step = float(state_steps[i]) if bias_steps is None else bias_steps[i]
+            decoupled = decoupled_weight_decay and weight_decay != 0
+            jobs.append((p.dtype, int(amsgrad), kernels.anchor_kind(p, anchors[i]),
+                         [p, grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], anchors[i]],
+                         (-1.0 if maximize else 1.0, 1 - lr * weight_decay if decoupled else 1.0,
+                          0.0 if decoupled_weight_decay else weight_decay, 1 - beta1, beta2,
+                          1 - beta2, -(lr / (1 - beta1**step)), (1 - beta2**step)**0.5, eps,
+                          review_weights[i])))
+        kernels.run('adam', jobs)
+        if not rest:
+            return
+
+        def sub(values: list) -> list:
+            return [values[i] for i in rest]
+
+        params, grads, exp_avgs, exp_avg_sqs = sub(params), sub(grads), sub(exp_avgs), \
+            sub(exp_avg_sqs)
+        maxes, state_steps, anchors = sub(maxes), sub(state_steps), sub(anchors)
+        lrs, weight_decays, review_weights = sub(lrs), sub(weight_decays), sub(review_weights)
+        bias_steps = None if bias_steps is None else sub(bias_steps)
     biases = bias_steps if bias_steps is not None else [None] * len(params)
     keys = list(zip(lrs, weight_decays, biases))
-    others = [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [None] * len(params),
-              anchors]
+    others = [grads, exp_avgs, exp_avg_sqs, maxes, anchors]
     bias_tensors: dict[tuple, Tensor] = {}
     for (device, dtype, (lr, weight_decay, bias_step)), chunk in fused_chunks(params, keys,
                                                                               others):
@@ -225,7 +258,7 @@ def _fused_adam(
             steps = [bias_tensors[key]] * len(chunk)
         chunk_params = take(params, chunk)
         kernel(chunk_params, take(grads, chunk), take(exp_avgs, chunk),
-               take(exp_avg_sqs, chunk), take(max_exp_avg_sqs, chunk) if amsgrad else [],
+               take(exp_avg_sqs, chunk), take(maxes, chunk) if amsgrad else [],
                steps, amsgrad=amsgrad, lr=lr, beta1=beta1, beta2=beta2,
                weight_decay=weight_decay, eps=eps, maximize=maximize,
                grad_scale=None if grad_scale is None else grad_scale.to(device),

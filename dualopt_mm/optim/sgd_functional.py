@@ -13,6 +13,7 @@ from torch import Tensor
 from ..compat.torch_features import fused_kernel
 from .foreach import bucket_chunks
 from .fused import fused_chunks, no_amp_tensors, review_chunk_, take
+from .native import native_kernels
 from .review import review_multi_tensor, review_tensor_
 
 __all__ = ['SGD_FUNCTIONALS']
@@ -145,10 +146,11 @@ def _fused_sgd(
     grad_scale: Optional[Tensor] = None,
     found_inf: Optional[Tensor] = None,
 ) -> None:
-    """:func:`_single_tensor_sgd` through torch's fused kernel (``torch._fused_sgd_``: one
-    pass over parameter, gradient and momentum buffer per chunk), then the review of the
-    same chunk (:mod:`~dualopt_mm.optim.fused`): same signature, the same step up to the
-    kernel's rounding (it computes in float32 for 16-bit tensors).
+    """:func:`_single_tensor_sgd` in one pass over memory: on CPU, float32 / float64 tensors
+    take the native kernels (:mod:`~dualopt_mm.optim.native`); the others torch's fused
+    kernel (``torch._fused_sgd_``) then the review of the same chunk
+    (:mod:`~dualopt_mm.optim.fused`), the same step up to the kernel's rounding (it computes
+    in float32 for 16-bit tensors). Same signature as the loop.
 
     A tensor's first step gets a new buffer that the kernel fills with the gradient
     (``is_first_step``, as torch's fused SGD). ``grad_scale`` / ``found_inf``:
@@ -161,6 +163,30 @@ def _fused_sgd(
     for i, is_first in enumerate(first):
         if is_first:
             momentum_buffers[i] = torch.empty_like(params[i], memory_format=torch.preserve_format)
+    kernels = native_kernels() if grad_scale is None and found_inf is None else None
+    if kernels is not None:  # CPU float32 / float64: one pass, the loop's operations
+        jobs, rest = [], []
+        for i, p in enumerate(params):
+            buf = momentum_buffers[i] if momentum != 0 else None
+            if not kernels.supports(p, anchors[i], [grads[i], buf]):
+                rest.append(i)
+                continue
+            jobs.append((p.dtype, int(buf is not None), kernels.anchor_kind(p, anchors[i]),
+                         [p, grads[i], buf, anchors[i]],
+                         (int(nesterov), int(first[i]), -1.0 if maximize else 1.0,
+                          weight_decays[i], momentum, 1 - dampening, -lrs[i],
+                          review_weights[i])))
+        kernels.run('sgd', jobs)
+        if not rest:
+            return
+
+        def sub(values: list) -> list:
+            return [values[i] for i in rest]
+
+        params, grads, momentum_buffers, anchors = sub(params), sub(grads), \
+            sub(momentum_buffers), sub(anchors)
+        lrs, weight_decays, review_weights, first = sub(lrs), sub(weight_decays), \
+            sub(review_weights), sub(first)
     keys = list(zip(lrs, weight_decays, first))
     others = [grads, momentum_buffers, anchors]
     for (device, dtype, (lr, weight_decay, is_first)), chunk in fused_chunks(params, keys,

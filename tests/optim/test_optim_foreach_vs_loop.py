@@ -93,15 +93,20 @@ def test_foreach_none_follows_torch_default_on_cpu() -> None:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
-@pytest.mark.parametrize('path', ['loop', 'foreach', 'fused'])
+@pytest.mark.parametrize('path', ['loop', 'foreach', 'fused', 'fused-torch-kernel'])
 def test_the_requested_path_runs(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """Guards the tests above: foreach=True really takes the foreach functional, once for
     the whole optimizer (all groups of one bucket), False the loop and fused=True the fused
-    one (where torch has the kernel)."""
+    one: the native CPU kernel (review inside), or without it torch's kernel then the review
+    of the chunk."""
     from dualopt_mm.compat.torch_features import fused_kernel
     from dualopt_mm.optim import adam_functional, fused
 
-    if path == 'fused' and fused_kernel('adamw', 'cpu') is None:
+    if path == 'fused-torch-kernel':
+        monkeypatch.setattr(adam_functional, 'native_kernels', lambda: None)
+    elif path == 'fused' and adam_functional.native_kernels() is None:
+        pytest.skip('no C compiler: the native CPU kernels are not built')
+    if path.startswith('fused') and fused_kernel('adamw', 'cpu') is None:
         pytest.skip('this torch has no CPU fused AdamW kernel (torch >= 2.4)')
     calls: list[str] = []
     targets = [(adam_functional.ADAM_FUNCTIONALS, key) for key in adam_functional.ADAM_FUNCTIONALS]
@@ -124,13 +129,16 @@ def test_the_requested_path_runs(monkeypatch: pytest.MonkeyPatch, path: str) -> 
 
         monkeypatch.setattr(module, name, spy)
     params = make_params([(2, 2)] * 3)
-    flags = dict(loop=dict(foreach=False), foreach=dict(foreach=True), fused=dict(fused=True))
+    flags = {'loop': dict(foreach=False), 'foreach': dict(foreach=True),
+             'fused': dict(fused=True), 'fused-torch-kernel': dict(fused=True)}
     opt = DualOptAdamW([{'params': [p]} for p in params], lr=0.1, **flags[path])
     set_grads(params, 0)
     opt.step()
     if path == 'foreach':
         assert calls == ['foreach', 'review_multi_tensor']
-    elif path == 'fused':  # one kernel call and one review for the three groups
+    elif path == 'fused':  # one call for the three groups, the review inside the kernel
+        assert calls == ['fused']
+    elif path == 'fused-torch-kernel':  # torch's kernel, then one review for the three groups
         assert calls == ['fused', 'review_chunk_', 'foreach_lerp_']
     else:  # the deepest tensor has k_min = 0: no review
         assert calls == ['loop', 'review_tensor_', 'review_tensor_']

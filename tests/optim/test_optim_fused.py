@@ -16,7 +16,16 @@ from optim_reference import clone_params, make_params, set_grads
 from torch_versions import needs_amp_grad_scaler
 
 from dualopt_mm.compat.torch_features import fused_kernel
-from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD, base, fused
+from dualopt_mm.optim import (
+    DualOptAdam,
+    DualOptAdamW,
+    DualOptSGD,
+    adam_functional,
+    base,
+    fused,
+    sgd_functional,
+)
+from dualopt_mm.optim.native import native_kernels
 
 needs_cpu_fused = pytest.mark.skipif(
     fused_kernel('adamw', 'cpu') is None or fused_kernel('sgd', 'cpu') is None,
@@ -83,17 +92,71 @@ def _assert_paths_agree(cls: type, kwargs: dict[str, Any], dtype: torch.dtype, s
             torch.testing.assert_close(s_fused[key], expected, rtol=rtol, atol=atol, msg=key)
 
 
+def _use_torch_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switch the native CPU kernels off: the fused path runs torch's kernel + review."""
+    monkeypatch.setattr(adam_functional, 'native_kernels', lambda: None)
+    monkeypatch.setattr(sgd_functional, 'native_kernels', lambda: None)
+
+
+@pytest.fixture(params=['native', 'torch-kernel'])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both implementations of the fused path on CPU (the native one where it builds)."""
+    if request.param == 'torch-kernel':
+        _use_torch_kernel(monkeypatch)
+    elif native_kernels() is None:
+        pytest.skip('no working C compiler: the native CPU kernels are not built')
+    return request.param
+
+
 @needs_cpu_fused
 @pytest.mark.parametrize('cls,kwargs', CASES, ids=IDS)
-def test_fused_equals_loop_float64(cls: type, kwargs: dict[str, Any]) -> None:
+def test_fused_equals_loop_float64(cls: type, kwargs: dict[str, Any], kernel: str) -> None:
     _assert_paths_agree(cls, kwargs, torch.float64, steps=9, rtol=1e-12, atol=1e-12)
 
 
 @needs_cpu_fused
 @pytest.mark.parametrize('cls,kwargs', CASES, ids=IDS)
-def test_fused_equals_loop_float32_many_steps(cls: type, kwargs: dict[str, Any]) -> None:
+def test_fused_equals_loop_float32_many_steps(cls: type, kwargs: dict[str, Any],
+                                              kernel: str) -> None:
     """A few ulp (float32 eps = 1.2e-7) after 30 steps."""
     _assert_paths_agree(cls, kwargs, torch.float32, steps=30, rtol=5e-7, atol=5e-7)
+
+
+@pytest.mark.parametrize('cls,kwargs', [CASES[1], CASES[7]], ids=['SGD', 'AdamW'])
+def test_native_kernels_on_threads_equal_one_thread(monkeypatch: pytest.MonkeyPatch, cls: type,
+                                                    kwargs: dict[str, Any]) -> None:
+    """With two torch threads the tensors are cut into pieces run on a thread pool: the
+    result is the one-thread result, bit for bit."""
+    kernels = native_kernels()
+    if kernels is None:
+        pytest.skip('no working C compiler: the native CPU kernels are not built')
+    params = make_params([(7, 9), (40,), (3, 3)], dtype=torch.float32)
+    copies = clone_params(params)
+    _run(cls(params, fused=True, **kwargs), params, range(4))
+    monkeypatch.setattr(type(kernels), '_SLICE', 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _run(cls(copies, fused=True, **kwargs), copies, range(4))
+    finally:
+        torch.set_num_threads(threads)
+    for p, q in zip(params, copies):
+        assert torch.equal(p, q)
+
+
+def test_native_kernels_without_a_compiler(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Any) -> None:
+    """No C compiler: said once in a warning, then torch's kernel + review (None here)."""
+    from dualopt_mm.optim import native
+
+    monkeypatch.setenv('DUALOPT_MM_CACHE', str(tmp_path))
+    monkeypatch.setenv('CC', str(tmp_path / 'no-such-compiler'))
+    native.native_kernels.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match='the CPU kernels could not be built'):
+            assert native.native_kernels() is None
+    finally:
+        native.native_kernels.cache_clear()
 
 
 @needs_cpu_fused
@@ -131,8 +194,10 @@ def test_reference_adamb_fused_equals_loop() -> None:
 @pytest.mark.parametrize('cls,kwargs', [CASES[1], CASES[7]], ids=['SGD', 'AdamW'])
 def test_large_tensors_cut_into_slices(monkeypatch: pytest.MonkeyPatch, cls: type,
                                        kwargs: dict[str, Any]) -> None:
-    """Chunks of 16 elements: tensors are cut into flat slices (state, bf16 anchors too), a
-    non-contiguous one is a chunk alone; the result is the unsliced one's, bit for bit."""
+    """torch's kernel in chunks of 16 elements: tensors are cut into flat slices (state, bf16
+    anchors too), a non-contiguous one is a chunk alone; the result is the unsliced one's,
+    bit for bit."""
+    _use_torch_kernel(monkeypatch)
     params = make_params([(7, 9), (40,), (3, 3)], dtype=torch.float32)
     params[0] = params[0].detach().t().requires_grad_()  # not contiguous
     copies = clone_params(params)
