@@ -65,9 +65,10 @@ class DualOptAdam(DualOptOptimizer):
         foreach: ``True``: ``torch._foreach_*`` path across all param groups; ``False``: the
             per-tensor loop; ``None``: foreach when all tensors are on CUDA, as torch does.
         maximize: maximize the objective (default False).
-        fused: ``True``: torch's fused Adam / AdamW kernel across all param groups, then the
-            review on the same chunk of memory (CPU and CUDA; where torch lacks the kernel,
-            the foreach path, said once); ``None`` / ``False``: as ``foreach`` says.
+        fused: ``True``: learning step and review in one pass over memory, across all param
+            groups (CPU and CUDA: :mod:`~dualopt_mm.optim.native`, or torch's fused Adam /
+            AdamW kernel then the review; where torch lacks a working kernel, the foreach
+            path, said once); ``None`` / ``False``: as ``foreach`` says.
         capturable, differentiable: accepted as ``False`` / ``None`` only.
         decoupled_weight_decay: AdamW's decoupled decay (default False; AdamW forces True).
         reference: reproduce the authors' AdamB (see above; default False).

@@ -6,8 +6,9 @@ The rule is in :mod:`dualopt_mm.optim`; the hyper-parameters in
 anchors and checkpoint rules in :mod:`~dualopt_mm.optim.state`. A subclass adds its base
 optimizer through four small methods (:meth:`DualOptOptimizer._static_key`, ``_new_batch``,
 ``_collect``, ``_update``) and three functionals of one signature: the per-tensor loop (the
-specification), its ``torch._foreach_*`` twin and the fused path (torch's fused kernel, then
-the review on the same chunk of memory). ``step()`` chooses the path of every tensor.
+specification), its ``torch._foreach_*`` twin and the fused path (one pass over memory:
+native CPU kernels, or torch's fused kernel then the review of the same chunk). ``step()``
+chooses the path of every tensor.
 """
 from __future__ import annotations
 
@@ -58,12 +59,14 @@ class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
     Per-parameter state: the base optimizer's (torch's names) plus ``'anchor'`` (finetune mode,
     reviewed tensors only), captured before the tensor's first update.
 
-    Paths (``foreach`` / ``fused``, per group): ``fused=True`` runs torch's fused kernel of the
-    base optimizer across all the groups' tensors at once, then the review on the same chunk
-    of memory; where the installed torch has no such kernel for a device, it says so once and
-    takes the foreach path. ``foreach=True`` / ``False``: the foreach path / the per-tensor
-    loop; ``None`` (and ``fused=None``): foreach on CUDA, the loop elsewhere, as torch. Sparse
-    gradients always take the loop. With every group fused, ``torch.amp.GradScaler`` hands the
+    Paths (``foreach`` / ``fused``, per group): ``fused=True`` runs the learning step and the
+    review in one pass over memory across all the groups' tensors at once (CPU float32 /
+    float64: :mod:`~dualopt_mm.optim.native`; otherwise torch's fused kernel of the base
+    optimizer, then the review on the same chunk); where the installed torch has no working
+    such kernel for a device and dtype, it says so once and takes the foreach path.
+    ``foreach=True`` / ``False``: the foreach path / the per-tensor loop; ``None`` (and
+    ``fused=None``): foreach on CUDA, the loop elsewhere, as torch. Sparse gradients always
+    take the loop. With every group fused, ``torch.amp.GradScaler`` hands the
     step its ``grad_scale`` / ``found_inf`` (``_step_supports_amp_scaling``): an inf/NaN step
     skips the learning step and the review alike.
     """

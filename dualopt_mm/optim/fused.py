@@ -1,12 +1,14 @@
-r"""The fused paths' shared parts: torch's fused kernel and the review on one chunk of memory.
+r"""The fused paths on torch's kernels: torch's fused kernel, then the review on the same chunk.
 
-A fused step calls torch's own fused kernel of the base optimizer (``torch._fused_sgd_``,
+Where the native CPU kernels (:mod:`~dualopt_mm.optim.native`: learning step and review in one
+pass) do not apply (16-bit tensors, GPUs, ``GradScaler`` steps, no C compiler), a fused step
+calls torch's own fused kernel of the base optimizer (``torch._fused_sgd_``,
 ``_fused_adam_``, ``_fused_adamw_``: one pass over parameters, gradients and state) on a chunk
 of tensors, then the review step :math:`\theta \leftarrow \hat\theta - \lambda(\hat\theta - a)`
-on the same chunk while it is still in cache, so the review costs about one more read of
-:math:`a` per element instead of a second pass over memory. On CPU a chunk is at most
-:data:`FUSED_CHUNK_NUMEL_CPU` elements (a larger contiguous tensor is cut into flat slices;
-the chunk's parameters, gradients, state and anchors then stay within a 32 MB L3 cache); on
+on the same chunk, which bounds the transient memory of a 16-bit anchor's upcast to one
+chunk (measured on CPU, docs/benchmarks.md: the review pass then costs about what a copy of
+the parameters costs, cache or not; the native kernels avoid it). On CPU a chunk is at most
+:data:`FUSED_CHUNK_NUMEL_CPU` elements (a larger contiguous tensor is cut into flat slices); on
 accelerators a chunk is as large as the foreach paths' (few kernel launches). The chunks run
 across all param groups: tensors are bucketed by device, dtype and the hyper-parameters the
 kernel takes as scalars (``lr``, ``weight_decay``, ...), so mmengine's one group per tensor

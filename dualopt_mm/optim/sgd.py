@@ -49,9 +49,10 @@ class DualOptSGD(DualOptOptimizer):
         maximize: maximize the objective (default False).
         foreach: ``True``: ``torch._foreach_*`` path across all param groups; ``False``: the
             per-tensor loop; ``None``: foreach when all tensors are on CUDA, as torch does.
-        fused: ``True``: torch's fused SGD kernel across all param groups, then the review on
-            the same chunk of memory (CPU and CUDA; where torch lacks the kernel, the foreach
-            path, said once); ``None`` / ``False``: as ``foreach`` says.
+        fused: ``True``: learning step and review in one pass over memory, across all param
+            groups (CPU and CUDA: :mod:`~dualopt_mm.optim.native`, or torch's fused SGD kernel
+            then the review; where torch lacks a working kernel, the foreach path, said once);
+            ``None`` / ``False``: as ``foreach`` says.
         differentiable: accepted as ``False`` / ``None`` only.
         **review: the review hyper-parameters by name (``mode``, ``k_max``, ``k_min``,
             ``gamma``, ``k_unit``, ``reverse``, ``skip_1d``, ``layer_id``, ``num_layers``,
