@@ -11,8 +11,7 @@ import copy
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -20,17 +19,9 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
-from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from ..optim.base import reviews_itself
-from ..optim.hyperparams import (
-    REVIEW_DEFAULTS,
-    check_mode,
-    check_review_group,
-    close_matches,
-    did_you_mean,
-)
-from ..registry import optimizer_class
+from ..optim.hyperparams import REVIEW_DEFAULTS, check_mode, close_matches, did_you_mean
 from .base_constructor import (
     DEFAULT_CONSTRUCTOR,
     DEFAULT_PARAMWISE_KEYS,
@@ -38,149 +29,21 @@ from .base_constructor import (
     resolve_constructor,
     split_groups,
 )
-from .layer_index import (
-    DEFAULT_RULES,
-    GENERIC,
-    LAYER_INDEX_STRATEGIES,
-    GetLayerIndex,
-    dense_layer_ids,
-    index_blocks,
-)
+from .layer_index import DEFAULT_RULES, GENERIC, dense_layer_ids, index_blocks
+from .options import DualOptOptions, resolve_optimizer
 from .pretrained import (
     PretrainedSources,
     calling_runner,
+    decide_mode,
     preinitialised_prefixes,
     pretrained_candidates,
 )
 from .report import format_table, level_rows
 from .strategies import check_strategy
 from .strategies.fsdp import clean_name, is_fsdp, pad_anchor_state
-from .zero import DualOptZeroRedundancyOptimizer
-
-#: ``paramwise_cfg['dualopt']`` keys forwarded to the optimizer (its ``defaults``).
-#: The review hyper-parameters ``paramwise_cfg.dualopt`` passes on to the optimizer (the
-#: others, ``mode`` and the layer keys, the constructor decides per group).
-OPTIMIZER_KEYS = tuple(k for k in REVIEW_DEFAULTS
-                       if k not in ('mode', 'layer_id', 'num_layers', 'base_lr'))
-
-PRETRAINED_RULES = ('auto', 'backbone', 'all')
 
 #: Keys of a ``custom_keys`` entry that mmengine's default constructor reads.
 CUSTOM_KEY_KEYS = ('lr_mult', 'decay_mult')
-
-#: The torch optimizers the constructor replaces by their DualOpt counterpart.
-SWAPS = {'SGD': 'DualOptSGD', 'Adam': 'DualOptAdam', 'AdamW': 'DualOptAdamW'}
-
-
-@dataclass
-class DualOptOptions:
-    """The options of ``paramwise_cfg['dualopt']`` (all optional).
-
-    Args:
-        mode: None (the optimizer's ``mode`` kwarg if given, else ``'finetune'`` when the
-            config names pretrained weights and ``'scratch'`` when it names none anywhere,
-            see :meth:`DualOptOptimWrapperConstructor._decide_mode`),
-            ``'finetune'`` (OLOR weight rollback toward the pretrained weights θ_0 of the
-            pretrained tensors; the others get the plain optimizer step), ``'scratch'``
-            (DualOpt real-time layer-wise weight decay toward 0 of every trainable tensor) or
-            ``'none'`` (no review anywhere: the plain optimizer, a control run).
-        pretrained: which tensors count as pretrained in finetune mode.
-            ``'auto'``: at build time the tensors of modules whose ``init_cfg`` is
-            ``Pretrained`` (else ``backbone.*``, else all); :class:`WeightRollbackHook` then
-            refines this at ``before_train`` to the tensors a checkpoint really filled
-            (``load_from`` and every ``Pretrained`` init_cfg, name and shape). ``'backbone'``:
-            ``backbone.*``. ``'all'``: every trainable tensor. A list of name prefixes (e.g.
-            ``['backbone.', 'neck.']``): the tensors whose name starts with one of them.
-            ``custom_keys`` entries with a ``mode`` key override all of these.
-        layer_index: ``'block'`` (architecture-aware: the backbone's own depth definition,
-            timm's ``group_matcher`` or mmpretrain's ``get_layer_depth``, else the rules of
-            :mod:`dualopt_mm.engine.layer_index`), ``'rules'`` (those rules only) or
-            ``'tensor'`` (tensor order, like the authors' reference code).
-        get_layer_index: optional ``name -> (block, depth) | None`` callable consulted before
-            the built-in rules of ``layer_index='block'``.
-        swap_optimizer: replace a torch ``SGD`` / ``Adam`` / ``AdamW`` by ``DualOptSGD`` /
-            ``DualOptAdam`` / ``DualOptAdamW`` (same kwargs), so a stock config is converted
-            by naming this constructor. With False (or an optimizer that has no DualOpt
-            counterpart), add ``WeightRollbackHook(review=True)`` to get the review step.
-        base_constructor: the registered name of the constructor that builds the lr /
-            weight-decay groups (``'mmseg.LearningRateDecayOptimizerConstructor'``, a user
-            constructor, ...). None: recognised from the layer-decay keys of ``paramwise_cfg``
-            (:func:`~dualopt_mm.engine.base_constructor.infer_base_constructor`), else
-            mmengine's default constructor.
-        review: the optimizer's review hyper-parameters given here, by their own names
-            (``k_max``, ``k_min``, ``gamma``, ``k_unit``, ``reverse``, ``skip_1d``,
-            ``anchor_dtype``: :mod:`dualopt_mm.optim.hyperparams`), e.g.
-            ``paramwise_cfg.dualopt.k_max=0.02``; the others keep the optimizer's value. They
-            may equally be given in ``optimizer=dict(...)``; giving both different values is
-            an error.
-    """
-
-    mode: Optional[str] = None
-    pretrained: Union[str, Sequence[str]] = 'auto'
-    layer_index: str = 'block'
-    get_layer_index: Optional[GetLayerIndex] = None
-    swap_optimizer: bool = True
-    base_constructor: Optional[str] = None
-    review: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_cfg(cls, cfg: Optional[dict]) -> DualOptOptions:
-        """Build from ``paramwise_cfg['dualopt']`` (review hyper-parameters by their own names);
-        ValueError on an unknown key or value."""
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls) if f.name != 'review'} | set(OPTIMIZER_KEYS)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            hints = ''.join(did_you_mean(key, sorted(known)) for key in unknown)
-            raise ValueError(f'unknown paramwise_cfg.dualopt keys {unknown}{hints}: allowed are '
-                             f'{sorted(known)}')
-        review = {k: cfg.pop(k) for k in OPTIMIZER_KEYS if k in cfg and cfg[k] is not None}
-        for key in OPTIMIZER_KEYS:
-            cfg.pop(key, None)
-        options = cls(review=review, **cfg)
-        options.validate()
-        return options
-
-    def validate(self) -> None:
-        """Refuse bad values, naming them and what is allowed."""
-        if self.mode is not None:
-            check_mode(self.mode, 'paramwise_cfg.dualopt.mode')
-        if isinstance(self.pretrained, str):
-            if self.pretrained not in PRETRAINED_RULES:
-                raise ValueError(
-                    f'unknown paramwise_cfg.dualopt.pretrained {self.pretrained!r}: allowed '
-                    f'are {", ".join(map(repr, PRETRAINED_RULES))} or a list of name prefixes')
-        elif not (isinstance(self.pretrained, Sequence)
-                  and all(isinstance(p, str) for p in self.pretrained)):
-            raise ValueError(f'paramwise_cfg.dualopt.pretrained={self.pretrained!r}: expected '
-                             f'one of {PRETRAINED_RULES} or a list of name prefixes')
-        if self.layer_index not in LAYER_INDEX_STRATEGIES:
-            raise ValueError(
-                f'unknown paramwise_cfg.dualopt.layer_index {self.layer_index!r}: allowed are '
-                f'{", ".join(map(repr, LAYER_INDEX_STRATEGIES))} (a custom rule goes in '
-                'get_layer_index)')
-        if self.get_layer_index is not None and not callable(self.get_layer_index):
-            raise ValueError(f'paramwise_cfg.dualopt.get_layer_index={self.get_layer_index!r}'
-                             ' must be a callable name -> (block, depth) or None')
-        if self.base_constructor is not None and not isinstance(self.base_constructor, str):
-            raise ValueError(f'paramwise_cfg.dualopt.base_constructor={self.base_constructor!r}'
-                             ' must be the registered name of a constructor')
-        if not isinstance(self.swap_optimizer, bool):
-            raise ValueError(f'paramwise_cfg.dualopt.swap_optimizer={self.swap_optimizer!r} '
-                             'must be a bool')
-        # the optimizers' own validation, on the defaults completed by what was given
-        check_review_group({**REVIEW_DEFAULTS, **self.review}, 'paramwise_cfg.dualopt')
-
-    def optimizer_kwargs(self) -> dict[str, Any]:
-        """The review hyper-parameters that were given (not None)."""
-        return dict(self.review)
-
-
-def _is_zero(optimizer_cls: type) -> bool:
-    """mmengine's or DualOpt's ZeroRedundancyOptimizer."""
-    return isinstance(optimizer_cls, type) and issubclass(optimizer_cls,
-                                                          ZeroRedundancyOptimizer)
-
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -295,65 +158,21 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def _decide_mode(self, model: nn.Module, runner: Any = None
                      ) -> Optional[PretrainedSources]:
-        """Set :attr:`mode` from the config and the pretrained sources; log the decision.
-
-        No mode given: ``'finetune'`` when the config names pretrained weights (an
-        ``init_cfg`` checkpoint, a module that loaded weights when built, the runner's
-        ``load_from``), ``'scratch'`` when a Runner builds the optimizer and none is named
-        anywhere. Outside a Runner ``load_from`` cannot be seen and finetune is kept.
-        ``mode='finetune'`` given with no pretrained source is warned about.
-        """
-        self.mode = self.mode_given or 'finetune'
-        if self.mode_given == 'scratch' or self.mode_given == 'none':
-            return None
-        sources = PretrainedSources.find(model, runner)
-        if self.mode_given is None and self.options.pretrained == 'auto' and \
-                sources.none_anywhere:
-            self.mode = 'scratch'
-            self.auto_scratch = True
-        elif self.mode_given == 'finetune' and not sources.any and not sources.resume:
-            print_log(
-                "DualOpt mode='finetune' but no pretrained weights are configured (no "
-                'load_from, no init_cfg Pretrained'
-                + ('' if sources.runner_seen else '; load_from unknown: no Runner') +
-                '): the review rolls the weights back toward their random initialisation. '
-                "Set load_from or the backbone's init_cfg=dict(type='Pretrained', "
-                "checkpoint=...), or use paramwise_cfg=dict(dualopt=dict(mode='scratch'))",
-                logger='current', level=logging.WARNING)
+        """Set :attr:`mode` (and :attr:`auto_scratch`) from the config and the pretrained
+        sources (:func:`~dualopt_mm.engine.pretrained.decide_mode`)."""
+        self.mode, self.auto_scratch, sources = decide_mode(
+            self.mode_given, self.options.pretrained, model, runner)
         return sources
 
     # -- optimizer class -------------------------------------------------------------------
     def resolve_optimizer(self) -> tuple[type, bool]:
-        """The optimizer class to build and whether it replaced a torch optimizer.
-
-        A ZeRO optimizer (mmengine's ``ZeroRedundancyOptimizer`` or
-        :class:`~dualopt_mm.engine.zero.DualOptZeroRedundancyOptimizer`) becomes the latter,
-        its ``optimizer_type`` swapped like a plain optimizer; :attr:`local_optimizer` is then
-        the class of the local optimizer, else the optimizer class itself.
-        """
-        optimizer_cls = optimizer_class(self.optimizer_cfg['type'])
-        #: the ``optimizer_type`` a ZeRO optimizer gets (None: not ZeRO)
-        self.zero_optimizer_type: Optional[str] = None
-        if _is_zero(optimizer_cls):
-            inner = self.optimizer_cfg.get('optimizer_type', 'SGD')
-            local_cls = optimizer_class(inner)
-            swapped = False
-            if self.options.swap_optimizer:
-                for torch_name, dualopt_name in SWAPS.items():
-                    if local_cls is getattr(torch.optim, torch_name):
-                        local_cls, inner, swapped = optimizer_class(dualopt_name), \
-                            dualopt_name, True
-            self.zero_optimizer_type = inner if isinstance(inner, str) else local_cls
-            self.local_optimizer: type = local_cls
-            return DualOptZeroRedundancyOptimizer, swapped
-        self.local_optimizer = optimizer_cls
-        if not self.options.swap_optimizer:
-            return optimizer_cls, False
-        for torch_name, dualopt_name in SWAPS.items():
-            if optimizer_cls is getattr(torch.optim, torch_name):
-                self.local_optimizer = optimizer_class(dualopt_name)
-                return self.local_optimizer, True
-        return optimizer_cls, False
+        """The optimizer class to build and whether it replaced a torch optimizer
+        (:func:`~dualopt_mm.engine.options.resolve_optimizer`); sets :attr:`local_optimizer`
+        (the class that steps) and :attr:`zero_optimizer_type` (None: not ZeRO)."""
+        resolved = resolve_optimizer(self.optimizer_cfg, self.options.swap_optimizer)
+        self.local_optimizer: type = resolved.local
+        self.zero_optimizer_type: Any = resolved.zero_type
+        return resolved.cls, resolved.swapped
 
     # -- param groups ----------------------------------------------------------------------
     def build_groups(self, model: nn.Module) -> list[dict]:
@@ -479,7 +298,6 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         reviews = reviews_itself(self.local_optimizer)
         if self.zero_optimizer_type is not None:
             optimizer_cfg['optimizer_type'] = self.zero_optimizer_type
-        self.auto_scratch = False
         # mmengine passes the constructor no runner: found once on the stack, then passed on
         runner = calling_runner()
         sources = self._decide_mode(model, runner)

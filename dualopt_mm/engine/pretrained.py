@@ -24,7 +24,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from .strategies.fsdp import clean_name
 
-__all__ = ['PretrainedSources', 'calling_runner', 'checkpoint_tensors_shapes',
+__all__ = ['PretrainedSources', 'calling_runner', 'checkpoint_tensors_shapes', 'decide_mode',
            'filled_by_init_cfg', 'filled_names', 'init_cfg_checkpoints', 'is_pretrained_init',
            'preinitialised_prefixes', 'pretrained_candidates', 'pretrained_init_prefixes',
            'pretrained_weights', 'state_dict_of']
@@ -139,6 +139,34 @@ class PretrainedSources:
         if self.load_from:
             parts.append(f'load_from={self.load_from}')
         return ', '.join(parts) if parts else 'none'
+
+
+def decide_mode(mode_given: Optional[str], rule: Union[str, Sequence[str]], model: nn.Module,
+                runner: Any = None) -> tuple[str, bool, Optional[PretrainedSources]]:
+    """The run's mode, whether scratch was chosen for want of pretrained weights, and the
+    pretrained sources (None when the mode needs none); logs the decision.
+
+    No mode given: ``'finetune'`` when the config names pretrained weights (an ``init_cfg``
+    checkpoint, a module that loaded weights when built, the runner's ``load_from``),
+    ``'scratch'`` when a Runner builds the optimizer and none is named anywhere (``rule``
+    ``'auto'`` only). Outside a Runner ``load_from`` cannot be seen and finetune is kept.
+    ``mode='finetune'`` given with no pretrained source is warned about.
+    """
+    if mode_given in ('scratch', 'none'):
+        return mode_given, False, None
+    sources = PretrainedSources.find(model, runner)
+    if mode_given is None and rule == 'auto' and sources.none_anywhere:
+        return 'scratch', True, sources
+    if mode_given == 'finetune' and not sources.any and not sources.resume:
+        print_log(
+            "DualOpt mode='finetune' but no pretrained weights are configured (no "
+            'load_from, no init_cfg Pretrained'
+            + ('' if sources.runner_seen else '; load_from unknown: no Runner') +
+            '): the review rolls the weights back toward their random initialisation. '
+            "Set load_from or the backbone's init_cfg=dict(type='Pretrained', "
+            "checkpoint=...), or use paramwise_cfg=dict(dualopt=dict(mode='scratch'))",
+            logger='current', level=logging.WARNING)
+    return mode_given or 'finetune', False, sources
 
 
 def pretrained_candidates(model: nn.Module, names: Sequence[str],

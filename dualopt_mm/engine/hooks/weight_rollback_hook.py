@@ -1,39 +1,25 @@
 r"""``WeightRollbackHook``: θ_0 after the pretrained weights are loaded, drift logging, and the
 review step for optimizers that are not DualOpt's.
 
-When the hook runs, in mmengine 0.10.7's ``Runner.train()`` (docs/integration.md):
+In mmengine's ``Runner.train()`` the optimizer is built before ``init_cfg=Pretrained`` and
+``load_from`` fill the model (``load_checkpoint`` calls ``after_load_checkpoint`` before
+copying the weights; a resume then restores the optimizer state, θ_0 included); the train loop
+then calls **``before_train``** (docs/integration.md). So at ``before_train`` the weights are
+the pretrained ones, or the resumed ones. On a fresh start the hook refines ``pretrained=
+'auto'`` to the tensors a checkpoint filled (:mod:`.entries`), renumbers the layers and
+captures θ_0; on resume θ_0 is whatever the checkpoint holds and nothing is re-captured.
+Without the hook DualOpt optimizers capture θ_0 lazily at a tensor's first step (also the
+pretrained weights); the hook adds drift logs, the refinement, the review of non-DualOpt
+optimizers (``review=True``), the early λ check and ``dualopt_levels.json``.
 
-1. the optimizer is built, ``auto_scale_lr`` scales its lrs, the param schedulers are built
-   (they store ``initial_lr``); the model still holds its random init;
-2. hook ``before_run``; ``init_weights()`` loads ``init_cfg=Pretrained``;
-3. ``load_or_resume()``: ``load_checkpoint`` calls hook ``after_load_checkpoint(checkpoint)``
-   *before* copying the weights into the model; on resume it then restores the optimizer
-   state (our per-parameter ``anchor`` included) and the schedulers;
-4. the train loop calls hook **``before_train``**, then the iterations.
-
-So at ``before_train`` the weights are the pretrained ones (fresh start) or the resumed ones.
-The hook then, on a fresh start only: refines the reviewed set to the tensors a checkpoint
-filled (groups with ``mode_auto``, see below), renumbers the layers, and captures θ_0
-(``optimizer.capture_anchors()`` for DualOpt optimizers, its own copy otherwise). On resume
-θ_0 is whatever the checkpoint holds (optimizer state, or this hook's ``weight_rollback``
-checkpoint key) and nothing is re-captured.
-
-Without the hook, DualOpt optimizers capture θ_0 lazily at a tensor's first step, which is
-also after step 3, hence also the pretrained weights: the hook is needed for (a) drift
-logging, (b) refining ``pretrained='auto'`` from the checkpoint keys, (c) the review step of a
-non-DualOpt optimizer (``review=True``), (d) the early λ check and ``dualopt_levels.json``.
-
-Which tensors a checkpoint filled is decided in :mod:`dualopt_mm.engine.pretrained`, the
-schedule's peak lr in :mod:`dualopt_mm.engine.schedule_peak`, θ_0 and the review step of other
-optimizers in :mod:`~dualopt_mm.engine.hooks.foreign_review`.
+How the run's strategy holds the tensors (DDP, ZeRO-1, FSDP, DeepSpeed: names, unsharded
+shapes, which rank holds which part of θ_0) comes from :mod:`dualopt_mm.engine.strategies`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os.path as osp
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -48,18 +34,14 @@ from mmengine.registry import HOOKS
 from ...optim.base import reviews_itself
 from ...optim.hyperparams import REVIEW_DEFAULTS, check_mode, check_review_group, review_kwargs
 from ...optim.levels import layer_level, review_weight
-from ..constructor import assign_layer_ids
-from ..layer_index import LAYER_INDEX_STRATEGIES, assign_blocks, dense_layer_ids
-from ..pretrained import (
-    checkpoint_tensors_shapes,
-    filled_names,
-    pretrained_candidates,
-    pretrained_weights,
-    state_dict_of,
-)
+from ..layer_index import LAYER_INDEX_STRATEGIES
+from ..pretrained import checkpoint_tensors_shapes, filled_names, state_dict_of
 from ..report import format_table, review_setting, skips_tensor
 from ..schedule_peak import flatten_schedulers, peak_lr
 from ..strategies import StrategyAdapter, adapter_for
+from .drift import block_sums, drift_from_sums
+from .entries import Entry, entries_from_groups, entries_from_names, is_annotated, refine_modes
+from .foreign_resume import anchor_foreign_resume
 from .foreign_review import ForeignAnchors
 
 #: The checkpoint key of the hook's own state (θ_0 and layer table of non-DualOpt optimizers).
@@ -70,19 +52,6 @@ LAMBDA_CHECKS = ('error', 'warn', 'off')
 DATA_BATCH = Optional[Any]
 
 
-@dataclass
-class _Entry:
-    """One trainable tensor the hook knows about."""
-
-    name: str
-    param: torch.Tensor
-    group: dict
-    mode: str
-    layer_id: Optional[int]
-    num_layers: Optional[int]
-    block: str
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
@@ -91,12 +60,6 @@ def _optimizers(optim_wrapper: Any) -> list[torch.optim.Optimizer]:
     if isinstance(optim_wrapper, OptimWrapperDict):
         return [wrapper.optimizer for wrapper in optim_wrapper.values()]
     return [optim_wrapper.optimizer]
-
-
-def _is_annotated(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether DualOptOptimWrapperConstructor made the groups (one tensor each, with keys)."""
-    return all('param_name' in g and 'block_index' in g and len(g['params']) == 1
-               for g in optimizer.param_groups)
 
 
 @HOOKS.register_module()
@@ -187,7 +150,7 @@ class WeightRollbackHook(Hook):
         self._resumed = False
         self._loaded_state: Optional[dict] = None
         self._load_from_shapes: Optional[dict[str, tuple]] = None
-        self._entries: dict[int, list[_Entry]] = {}  # id(optimizer) -> entries
+        self._entries: dict[int, list[Entry]] = {}  # id(optimizer) -> entries
         self._dualopt: dict[int, bool] = {}
         self._foreign = ForeignAnchors()  # θ_0 and review of non-DualOpt optimizers
         self._optimizer_levels: dict[int, Optional[float]] = {}  # id(param) -> DualOpt's k_i
@@ -238,18 +201,19 @@ class WeightRollbackHook(Hook):
             dualopt = reviews_itself(optimizer)
             self._dualopt[key] = dualopt
             self._adapters[key].check_hook(self.review, foreign=not dualopt)
-            self._adapters[key].check_groups(optimizer, _is_annotated(optimizer))
+            self._adapters[key].check_groups(optimizer, is_annotated(optimizer))
             if self.review and dualopt:
                 raise ValueError(
                     f'WeightRollbackHook(review=True) with {type(optimizer).__name__}, which '
                     'applies the review step itself: the rollback would run twice; use '
                     'review=False (drift logging only)')
             if dualopt and self._resumed:
-                self._anchor_foreign_resume(optimizer, model, names)
-            if _is_annotated(optimizer):
+                self._table_changed |= anchor_foreign_resume(
+                    optimizer, model, names, self._adapters[key], self.refine_pretrained)
+            if is_annotated(optimizer):
                 if not self._resumed and self.refine_pretrained:
-                    self._refine(optimizer, names, filled)
-                entries = self._entries_from_groups(optimizer, names)
+                    self._table_changed |= refine_modes(optimizer, filled)
+                entries = entries_from_groups(optimizer)
             else:
                 self._table_changed = True  # the constructor's table does not exist
                 if dualopt:
@@ -259,7 +223,10 @@ class WeightRollbackHook(Hook):
                         "optimizer's mode, new layers (neck, heads) included; use "
                         "optim_wrapper=dict(constructor='DualOptOptimWrapperConstructor')",
                         logger='current', level=logging.WARNING)
-                entries = self._entries_from_names(model, optimizer, names, filled)
+                stored = (self._loaded_state or {}).get('entries') if self._resumed else None
+                entries = entries_from_names(model, optimizer, names, filled,
+                                             self.settings['mode'], self.pretrained,
+                                             self.layer_index, stored)
             if dualopt:  # the optimizer's own index and levels are what it applies
                 levels = {id(p): (layer_id, num_layers, level)
                           for p, layer_id, num_layers, level in optimizer.review_levels()}
@@ -285,120 +252,7 @@ class WeightRollbackHook(Hook):
             handle.remove()
         self._handles = []
 
-    def _anchor_foreign_resume(self, optimizer: torch.optim.Optimizer, model: nn.Module,
-                               names: dict[int, str]) -> None:
-        """On resume from the optimizer state of another optimizer (a stock AdamW run switched
-        to DualOpt): θ_0 from the config's pretrained checkpoint, never the resumed weights.
-
-        The resumed state has base-optimizer moments but no ``anchor`` for the reviewed
-        fine-tuned tensors. Their θ_0 is read from ``init_cfg=Pretrained`` (``load_from`` is
-        the resumed file itself); the reviewed set is refined to the tensors it holds. Without
-        such a checkpoint the run stops, saying how to proceed.
-        """
-        group_of = {id(p): g for g in optimizer.param_groups for p in g['params']}
-
-        def unanchored() -> list[torch.Tensor]:
-            return [p for p, layer_id, _, _ in optimizer.review_levels()
-                    if layer_id is not None and optimizer.state.get(p)
-                    and 'anchor' not in optimizer.state[p]
-                    and group_of[id(p)]['mode'] == 'finetune']
-
-        missing = unanchored()
-        if not missing:
-            return
-        if self._adapters[id(optimizer)].sharded:
-            raise NotImplementedError(
-                f'the resumed optimizer state has no theta_0 for {len(missing)} fine-tuned '
-                f'tensors (written by another optimizer?), and under '
-                f'{self._adapters[id(optimizer)].name} this rank holds only slices of them, '
-                'which the pretrained checkpoint cannot be matched to. Start a fresh DualOpt '
-                'run from the pretrained weights instead of resuming')
-        weights, sources = pretrained_weights(model)
-        if not weights:
-            raise RuntimeError(
-                f'the resumed optimizer state has no theta_0 for {len(missing)} fine-tuned '
-                f'tensors (e.g. {names.get(id(missing[0]), "?")}): it was written by another '
-                f'optimizer (a stock run switched to DualOpt by resume?), and the config names '
-                f'no pretrained checkpoint (init_cfg=dict(type=\'Pretrained\', ...)) to take '
-                f'theta_0 from; anchoring to the resumed weights would roll back toward a '
-                f'mid-training state. Add the pretrained checkpoint to the model\'s init_cfg, '
-                f'or start a fresh DualOpt run with load_from=<pretrained checkpoint>.')
-        if _is_annotated(optimizer) and self.refine_pretrained:
-            self._refine(optimizer, names, set(weights))
-        missing = unanchored()
-        without = [names.get(id(p), '?') for p in missing if names.get(id(p)) not in weights]
-        if without:
-            raise RuntimeError(
-                f'the resumed optimizer state has no theta_0 and the pretrained checkpoints '
-                f'{sources} hold no tensor for {len(without)} fine-tuned parameters '
-                f'({", ".join(without[:5])}): set their mode to \'none\' (paramwise_cfg '
-                f'custom_keys) or start a fresh DualOpt run with load_from=<pretrained>')
-        optimizer.capture_anchors(values={p: weights[names[id(p)]] for p in missing})
-        print_log(
-            f'WeightRollbackHook: the resumed optimizer state had no theta_0 (written by '
-            f'another optimizer): theta_0 of {len(missing)} tensors taken from '
-            f'{", ".join(sources)}, not from the resumed weights', logger='current',
-            level=logging.WARNING)
-
-    def _refine(self, optimizer: torch.optim.Optimizer, names: dict[int, str],
-                filled: Optional[set[str]]) -> None:
-        auto = [g for g in optimizer.param_groups if g.get('mode_auto')]
-        if not auto:
-            return
-        if filled is None:
-            if any(g['mode'] == 'finetune' and not g.get('mode_auto')
-                   for g in optimizer.param_groups):
-                return  # pretrained decided at build time (modules that loaded weights then)
-            print_log(
-                "pretrained='auto' but no checkpoint is configured (no load_from, no "
-                "init_cfg=Pretrained): fine-tuning anchors are the initial weights of the "
-                "build-time candidates; use mode='scratch' for a run from scratch",
-                logger='current', level=logging.WARNING)
-            return
-        changed = []
-        for group in auto:
-            mode = 'finetune' if group['param_name'] in filled else 'none'
-            if group['mode'] != mode:
-                changed.append(f'{group["param_name"]}: {group["mode"]} -> {mode}')
-                group['mode'] = mode
-        if changed:
-            self._table_changed = True
-            assign_layer_ids(optimizer.param_groups)
-            print_log('WeightRollbackHook: reviewed tensors refined from the checkpoint keys '
-                      f'({len(changed)} changed):\n  ' + '\n  '.join(changed),
-                      logger='current')
-
-    def _entries_from_groups(self, optimizer: torch.optim.Optimizer,
-                             names: dict[int, str]) -> list[_Entry]:
-        return [_Entry(name=g['param_name'], param=g['params'][0], group=g, mode=g['mode'],
-                       layer_id=g['layer_id'], num_layers=g['num_layers'], block=g['block'])
-                for g in optimizer.param_groups]
-
-    def _entries_from_names(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                            names: dict[int, str], filled: Optional[set[str]]) -> list[_Entry]:
-        """Entries for groups no constructor annotated: the hook decides mode and layers."""
-        pairs = [(names[id(p)], p, g) for g in optimizer.param_groups for p in g['params']
-                 if p.requires_grad and id(p) in names]
-        stored = (self._loaded_state or {}).get('entries') if self._resumed else None
-        if stored:
-            return [_Entry(name, p, g, **stored[name]) if name in stored else
-                    _Entry(name, p, g, 'none', None, None, name) for name, p, g in pairs]
-        all_names = [name for name, _, _ in pairs]
-        mode = self.settings['mode']
-        if mode == 'scratch':
-            tracked = set(all_names)
-        elif filled is not None:
-            tracked = set(all_names) & filled
-        else:
-            tracked = set(pretrained_candidates(model, all_names, self.pretrained))
-        blocks = assign_blocks(all_names, self.layer_index)
-        layer_ids, num_layers = dense_layer_ids(
-            [b if n in tracked else None for n, (_, b) in zip(all_names, blocks)])
-        return [_Entry(name, p, g, mode if layer_id is not None else 'none', layer_id,
-                       num_layers if layer_id is not None else None, block)
-                for (name, p, g), (block, _), layer_id in zip(pairs, blocks, layer_ids)]
-
-    def _set_anchors(self, optimizer: torch.optim.Optimizer, entries: list[_Entry]) -> None:
+    def _set_anchors(self, optimizer: torch.optim.Optimizer, entries: list[Entry]) -> None:
         if self._dualopt[id(optimizer)]:
             if not self._resumed:
                 optimizer.capture_anchors()
@@ -414,7 +268,7 @@ class WeightRollbackHook(Hook):
                                         if k in REVIEW_DEFAULTS}}
         return self.settings
 
-    def _level(self, entry: _Entry, optimizer: torch.optim.Optimizer,
+    def _level(self, entry: Entry, optimizer: torch.optim.Optimizer,
                fallback: dict[str, Any]) -> Optional[float]:
         """k_i of a tensor: the DualOpt optimizer's own value, else from the group keys."""
         if entry.mode == 'none' or entry.layer_id is None:
@@ -492,56 +346,26 @@ class WeightRollbackHook(Hook):
         """θ_0 the hook keeps for non-DualOpt optimizers, by tensor name."""
         return self._foreign.anchors
 
-    def anchor_of(self, entry: _Entry, optimizer: torch.optim.Optimizer
+    def anchor_of(self, entry: Entry, optimizer: torch.optim.Optimizer
                   ) -> Optional[torch.Tensor]:
         """θ_0 of a tensor (DualOpt optimizer state or the hook's copy), None if not set."""
         if self._dualopt[id(optimizer)]:
             return optimizer.state.get(entry.param, {}).get('anchor')
         return self._foreign.anchors.get(entry.name)
 
-    @torch.no_grad()
     def drift(self) -> dict[str, float]:
-        """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``).
-
-        The whole model's values on every rank: squared norms are accumulated in float64 per
-        block, read back with one device sync and, where a rank holds only part of the
-        tensors or of θ_0 (FSDP, ZeRO, DeepSpeed), added over the ranks (a collective: every
-        rank computes the drift at the same iterations).
-        """
-        totals: dict[str, torch.Tensor] = {}
+        """‖θ − θ_0‖ / ‖θ_0‖ per block of fine-tuned tensors, and over all of them (``'all'``),
+        of the whole model on every rank: where a rank holds only part of the tensors or of
+        θ_0 (FSDP, ZeRO, DeepSpeed) the squared norms are added over the ranks (a collective:
+        every rank computes the drift at the same iterations)."""
+        sums: dict[str, torch.Tensor] = {}
         for optimizer in self._optimizers:
-            blocks: dict[str, int] = {}
-            params, anchors, rows = [], [], []
-            for entry in self._entries[id(optimizer)]:
-                if entry.mode != 'finetune':
-                    continue
-                row = blocks.setdefault(entry.block, len(blocks))
-                anchor = self.anchor_of(entry, optimizer)
-                if anchor is not None:
-                    params.append(entry.param.detach())
-                    anchors.append(anchor)
-                    rows.append(row)
-            if not blocks:
-                continue
-            # per block: ‖θ − θ_0‖², ‖θ_0‖², number of tensors with a θ_0 on this rank
-            sums = torch.zeros(len(blocks), 3, dtype=torch.float64)
-            if params:
-                squares = torch.stack([torch.stack([
-                    torch.linalg.vector_norm(p - a.to(p.dtype), dtype=torch.float64)**2,
-                    torch.linalg.vector_norm(a, dtype=torch.float64)**2])
-                    for p, a in zip(params, anchors)]).cpu()
-                sums[:, :2].index_add_(0, torch.tensor(rows), squares)
-                sums[:, 2].index_add_(0, torch.tensor(rows),
-                                      torch.ones(len(rows), dtype=torch.float64))
-            sums = self._adapters[id(optimizer)].reduce_sum(sums)
-            for block, row in blocks.items():
-                totals[block] = totals.get(block, 0) + sums[row]
-        totals = {block: value for block, value in totals.items() if value[2] > 0}
-        if not totals:
-            return {}
-        totals['all'] = sum(totals.values())
-        return {key: math.sqrt(diff / ref) if ref > 0 else 0.0
-                for key, (diff, ref, _) in ((k, v.tolist()) for k, v in totals.items())}
+            rows = [(e.block, e.param, self.anchor_of(e, optimizer))
+                    for e in self._entries[id(optimizer)] if e.mode == 'finetune']
+            for block, value in block_sums(rows, self._adapters[id(optimizer)].reduce_sum
+                                           ).items():
+                sums[block] = sums[block] + value if block in sums else value
+        return drift_from_sums(sums)
 
     def _review_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """θ ← θ̂ − λ(θ̂ − a) after a non-DualOpt step (torch step post-hook)."""
