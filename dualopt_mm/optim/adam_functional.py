@@ -210,17 +210,32 @@ def _fused_adam(
     if not params:
         return
     name = 'adamw' if decoupled_weight_decay else 'adam'
-    torch._foreach_add_(state_steps, 1)
     maxes: list[Optional[Tensor]] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
     kernels = native_kernels() if grad_scale is None and found_inf is None else None
-    rest = list(range(len(params)))
-    if kernels is not None:  # CPU float32 / float64: one pass, the loop's operations
-        jobs, rest = [], []
-        for i, p in enumerate(params):
-            if not kernels.supports(p, anchors[i], [grads[i], exp_avgs[i], exp_avg_sqs[i],
-                                                    maxes[i]]):
-                rest.append(i)
-                continue
+    native, rest, other = [], [], []  # native kernels, torch's kernel, foreach (no kernel)
+    for i, p in enumerate(params):
+        if kernels is not None and kernels.supports(
+                p, anchors[i], [grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i]]):
+            native.append(i)
+        else:
+            (rest if fused_kernel(name, p.device.type, p.dtype) else other).append(i)
+    if other:  # a torch without a working kernel for these: the foreach path, same step
+        _multi_tensor_adam(
+            [params[i] for i in other], [grads[i] for i in other],
+            [exp_avgs[i] for i in other], [exp_avg_sqs[i] for i in other],
+            [max_exp_avg_sqs[i] for i in other] if amsgrad else [],
+            [state_steps[i] for i in other], lrs=[lrs[i] for i in other],
+            weight_decays=[weight_decays[i] for i in other],
+            anchors=[anchors[i] for i in other],
+            review_weights=[review_weights[i] for i in other],
+            bias_steps=None if bias_steps is None else [bias_steps[i] for i in other],
+            beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay)
+    if native:  # CPU float32 / float64: one pass, the loop's operations
+        torch._foreach_add_([state_steps[i] for i in native], 1)
+        jobs = []
+        for i in native:
+            p = params[i]
             lr, weight_decay = lrs[i], weight_decays[i]
             step = float(state_steps[i]) if bias_steps is None else bias_steps[i]
             decoupled = decoupled_weight_decay and weight_decay != 0
@@ -231,17 +246,18 @@ def _fused_adam(
                           1 - beta2, -(lr / (1 - beta1**step)), (1 - beta2**step)**0.5, eps,
                           review_weights[i])))
         kernels.run('adam', jobs)
-        if not rest:
-            return
+    if not rest:
+        return
 
-        def sub(values: list) -> list:
-            return [values[i] for i in rest]
+    def sub(values: list) -> list:
+        return [values[i] for i in rest]
 
-        params, grads, exp_avgs, exp_avg_sqs = sub(params), sub(grads), sub(exp_avgs), \
-            sub(exp_avg_sqs)
-        maxes, state_steps, anchors = sub(maxes), sub(state_steps), sub(anchors)
-        lrs, weight_decays, review_weights = sub(lrs), sub(weight_decays), sub(review_weights)
-        bias_steps = None if bias_steps is None else sub(bias_steps)
+    params, grads, exp_avgs, exp_avg_sqs = sub(params), sub(grads), sub(exp_avgs), \
+        sub(exp_avg_sqs)
+    maxes, state_steps, anchors = sub(maxes), sub(state_steps), sub(anchors)
+    lrs, weight_decays, review_weights = sub(lrs), sub(weight_decays), sub(review_weights)
+    bias_steps = None if bias_steps is None else sub(bias_steps)
+    torch._foreach_add_(state_steps, 1)
     biases = bias_steps if bias_steps is not None else [None] * len(params)
     keys = list(zip(lrs, weight_decays, biases))
     others = [grads, exp_avgs, exp_avg_sqs, maxes, anchors]

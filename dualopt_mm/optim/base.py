@@ -33,6 +33,7 @@ from .groups import (
 )
 from .hyperparams import anchor_dtype_name, check_review_group, check_unknown_keys
 from .layer_levels import LayerLevelsMixin
+from .native import native_kernels
 from .state import StateMixin
 
 __all__ = ['DualOptOptimizer', 'ReviewBatch', 'group_label', 'param_label', 'reviews_itself']
@@ -115,8 +116,9 @@ class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
         """``GradScaler`` hands ``grad_scale`` / ``found_inf`` to ``step()`` (instead of
         skipping it itself) only when every tensor takes the fused path, as in torch."""
         self._step_supports_amp_scaling = bool(self.param_groups) and all(
-            group.get('fused') and all(self._fused_available(group, p.device.type, p.dtype)
-                                       for p in group['params'])
+            group.get('fused') and all(
+                fused_kernel(self._fused_kernel_name(group), p.device.type, p.dtype) is not None
+                for p in group['params'])
             for group in self.param_groups)
 
     def _fused_available(self, group: dict[str, Any], device_type: str, dtype: torch.dtype,
@@ -127,6 +129,9 @@ class DualOptOptimizer(LayerLevelsMixin, StateMixin, Optimizer):
         name = self._fused_kernel_name(group)
         if fused_kernel(name, device_type, dtype) is not None:
             return True
+        if device_type == 'cpu' and dtype in (torch.float32, torch.float64) \
+                and native_kernels() is not None:
+            return True  # the native kernels need no torch kernel
         key = (type(self).__name__, device_type, str(dtype))
         if tell and key not in _told_no_fused:
             _told_no_fused.add(key)

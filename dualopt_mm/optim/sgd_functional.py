@@ -159,34 +159,50 @@ def _fused_sgd(
     """
     if not params:
         return
-    first = [momentum != 0 and buf is None for buf in momentum_buffers]
-    for i, is_first in enumerate(first):
-        if is_first:
-            momentum_buffers[i] = torch.empty_like(params[i], memory_format=torch.preserve_format)
     kernels = native_kernels() if grad_scale is None and found_inf is None else None
-    if kernels is not None:  # CPU float32 / float64: one pass, the loop's operations
-        jobs, rest = [], []
-        for i, p in enumerate(params):
+    native, rest, other = [], [], []  # native kernels, torch's kernel, foreach (no kernel)
+    for i, p in enumerate(params):
+        buf = momentum_buffers[i] if momentum != 0 else None
+        if kernels is not None and kernels.supports(p, anchors[i], [grads[i], buf]):
+            native.append(i)
+        else:
+            (rest if fused_kernel('sgd', p.device.type, p.dtype) else other).append(i)
+    if other:  # a torch without a working kernel for these: the foreach path, same step
+        bufs = [momentum_buffers[i] for i in other]
+        _multi_tensor_sgd([params[i] for i in other], [grads[i] for i in other], bufs,
+                          lrs=[lrs[i] for i in other],
+                          weight_decays=[weight_decays[i] for i in other],
+                          anchors=[anchors[i] for i in other],
+                          review_weights=[review_weights[i] for i in other],
+                          momentum=momentum, dampening=dampening, nesterov=nesterov,
+                          maximize=maximize)
+        for i, buf in zip(other, bufs):
+            momentum_buffers[i] = buf
+    first = [momentum != 0 and buf is None for buf in momentum_buffers]
+    for i in native + rest:
+        if first[i]:  # filled with the gradient by the kernel, as torch's fused SGD
+            momentum_buffers[i] = torch.empty_like(params[i], memory_format=torch.preserve_format)
+    if native:  # CPU float32 / float64: one pass, the loop's operations
+        jobs = []
+        for i in native:
+            p = params[i]
             buf = momentum_buffers[i] if momentum != 0 else None
-            if not kernels.supports(p, anchors[i], [grads[i], buf]):
-                rest.append(i)
-                continue
             jobs.append((p.dtype, int(buf is not None), kernels.anchor_kind(p, anchors[i]),
                          [p, grads[i], buf, anchors[i]],
                          (int(nesterov), int(first[i]), -1.0 if maximize else 1.0,
                           weight_decays[i], momentum, 1 - dampening, -lrs[i],
                           review_weights[i])))
         kernels.run('sgd', jobs)
-        if not rest:
-            return
+    if not rest:
+        return
 
-        def sub(values: list) -> list:
-            return [values[i] for i in rest]
+    def sub(values: list) -> list:
+        return [values[i] for i in rest]
 
-        params, grads, momentum_buffers, anchors = sub(params), sub(grads), \
-            sub(momentum_buffers), sub(anchors)
-        lrs, weight_decays, review_weights, first = sub(lrs), sub(weight_decays), \
-            sub(review_weights), sub(first)
+    params, grads, momentum_buffers, anchors = sub(params), sub(grads), \
+        sub(momentum_buffers), sub(anchors)
+    lrs, weight_decays, review_weights, first = sub(lrs), sub(weight_decays), \
+        sub(review_weights), sub(first)
     keys = list(zip(lrs, weight_decays, first))
     others = [grads, momentum_buffers, anchors]
     for (device, dtype, (lr, weight_decay, is_first)), chunk in fused_chunks(params, keys,

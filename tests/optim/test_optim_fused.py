@@ -328,9 +328,11 @@ def test_state_dict_moves_between_paths(cls: type, kwargs: dict[str, Any], first
 
 def test_fused_without_torch_kernel_says_so_once_and_runs_foreach(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a torch without the fused kernel (CPU kernels came with torch 2.4): one warning per
-    class and device, then the foreach path, bit for bit; GradScaler then skips by itself."""
+    """On a torch without the fused kernel (CPU kernels came with torch 2.4) and without the
+    native kernels: one warning per class, device and dtype, then the foreach path, bit for
+    bit; GradScaler then skips by itself."""
     monkeypatch.setattr(base, 'fused_kernel', lambda name, device_type, dtype: None)
+    monkeypatch.setattr(base, 'native_kernels', lambda: None)
     monkeypatch.setattr(base, '_told_no_fused', set())
     params = make_params(SHAPES)
     copies = clone_params(params)
@@ -389,3 +391,26 @@ def test_kernel_probe_checks_the_result() -> None:
                dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
         assert torch.equal(p, torch.full_like(p, 0.5))
     assert fused_kernel('adamw', 'no_such_device') is None
+
+
+@pytest.mark.parametrize('cls,kwargs', [CASES[1], CASES[7]], ids=['SGD', 'AdamW'])
+def test_native_kernels_without_torch_kernels(monkeypatch: pytest.MonkeyPatch, cls: type,
+                                              kwargs: dict[str, Any]) -> None:
+    """torch 2.0 / 2.1 (no CPU fused kernels) with a C compiler: fused=True takes the native
+    kernels, silently; a tensor they cannot take (not contiguous) the foreach path; the
+    result is the loop's; GradScaler is left to skip inf steps itself."""
+    if native_kernels() is None:
+        pytest.skip('no working C compiler: the native CPU kernels are not built')
+    for module in (base, adam_functional, sgd_functional):
+        monkeypatch.setattr(module, 'fused_kernel', lambda name, device_type, dtype=None: None)
+    params = make_params([(7, 9), (40,), (3, 3)], dtype=torch.float32)
+    params[0] = params[0].detach().t().requires_grad_()  # not contiguous: foreach
+    copies = clone_params(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        opt = cls(params, fused=True, **kwargs)
+    assert not opt._step_supports_amp_scaling
+    _run(opt, params, range(5))
+    _run(cls(copies, foreach=False, **kwargs), copies, range(5))
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p, q, rtol=5e-7, atol=5e-7)
