@@ -84,7 +84,8 @@ class DualOptOptimWrapperConstructor(DefaultOptimWrapperConstructor):
       (:meth:`_decide_mode`), logged;
     - mmengine's ``ZeroRedundancyOptimizer`` becomes
       :class:`~dualopt_mm.engine.zero.DualOptZeroRedundancyOptimizer` (θ_0 sharded); FSDP
-      with ``use_orig_params=True`` is supported in finetune mode (:func:`check_fsdp`).
+      with ``use_orig_params=True`` and DeepSpeed ZeRO-1/2 are supported, what they cannot
+      run is refused (:func:`~dualopt_mm.engine.strategies.check_strategy`).
 
     The DualOpt options live in ``paramwise_cfg['dualopt']`` (:class:`DualOptOptions`)::
 

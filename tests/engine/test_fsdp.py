@@ -2,9 +2,8 @@
 processes: the same groups, modes and layer ids as without FSDP, θ_0 sharded with the
 parameters, the trained weights equal to one unsharded process; unsupported setups refused.
 
-Verified here: torch's ``FullyShardedDataParallel`` directly (CPU, gloo). Not run here: mmengine's
-``FlexibleRunner`` + ``FSDPStrategy`` end to end (it builds the optim wrapper through the same
-``build_optim_wrapper(model, cfg)`` call exercised below).
+torch's ``FullyShardedDataParallel`` called by hand (CPU, gloo); mmengine's ``FlexibleRunner`` +
+``FSDPStrategy`` end to end: ``tests/engine/test_fsdp_runner.py``, ``tests/e2e/test_fsdp_mmseg.py``.
 """
 import os
 import socket
