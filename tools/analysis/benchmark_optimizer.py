@@ -18,7 +18,8 @@ Every optimizer gets its own copy of the parameters and the same random gradient
 change of machine load hits all alike) for ``--repeats`` rounds: the table gives the median
 ms/step and the median of the per-round ratios. On CPU the clock is the process CPU time by
 default (``--clock cpu``; steadier on a shared machine), on CUDA the wall clock with
-synchronisation.
+synchronisation. With several threads on a loaded machine use ``--clock wall``: the CPU time
+then counts the spinning of torch's OpenMP threads waiting for a core.
 The DualOpt optimizers run with their defaults (``mode='finetune'``, every trainable tensor
 reviewed: the worst case; a real fine-tuning run reviews only the backbone)::
 
