@@ -27,6 +27,10 @@ from typing import Any, Dict, Optional, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'projects' / 'experiments'))
 
+import numerics  # noqa: E402
+
+if __name__ in ('__main__', '__mp_main__'):   # before real_finetune imports torch
+    numerics.pin()
 import real_finetune  # noqa: E402
 
 DEMO_ITERS = 120

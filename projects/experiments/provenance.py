@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import numerics  # sibling module: the pinned CPU numerics (side-effect free to import)
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ('torch', 'numpy', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'mmpretrain',
             'timm', 'scikit-learn', 'pycocotools', 'Pillow', 'torchvision')
@@ -65,7 +67,8 @@ def blas_info() -> Dict[str, str]:
 def collect(threads: Optional[int] = None, argv: Optional[Sequence[str]] = None,
             data: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Provenance of a run: commit (and whether the tree had local changes), command line,
-    Python / platform, library versions, torch threads, BLAS, and the data packages."""
+    Python / platform, library versions, torch threads, BLAS, the data packages and the CPU
+    numerics (pinned or native, :mod:`numerics`)."""
     try:
         import torch
         torch_threads = torch.get_num_threads()
@@ -85,6 +88,7 @@ def collect(threads: Optional[int] = None, argv: Optional[Sequence[str]] = None,
         'versions': {name: _version(name) for name in PACKAGES},
         'blas': blas_info(),
         'data': data or {},
+        'numerics': numerics.state(),
     }
 
 
@@ -96,4 +100,5 @@ def describe(prov: Dict[str, Any]) -> str:
     return (f"commit {commit}; torch {v.get('torch')}, mmengine {v.get('mmengine')}, "
             f"mmdet {v.get('mmdet')}, mmseg {v.get('mmsegmentation')}, timm {v.get('timm')}, "
             f"numpy {v.get('numpy')}; {prov.get('threads')} torch thread(s); "
-            f"BLAS {prov.get('blas', {}).get('torch.BLAS_INFO', '?')}")
+            f"BLAS {prov.get('blas', {}).get('torch.BLAS_INFO', '?')}"
+            + (f"; {numerics.describe(prov['numerics'])}" if 'numerics' in prov else ''))

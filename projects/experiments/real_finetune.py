@@ -36,8 +36,8 @@ similarity of the backbone's pooled output to the pretrained one on those 64 ima
 the validation split (sweep on ``--sweep-seeds``, then the selected value on all seeds).
 
 Runs are shared by ``--jobs`` worker processes (one torch thread each by default, so each run
-is deterministic whichever worker takes it); the sweep's grid runs go first so the selected
-values can start as soon as their grid is in.
+is deterministic whichever worker takes it; CPU numerics pinned by ``numerics.py``, or the
+machine's own with ``DUALOPT_NUMERICS=native``); the sweep's grid runs go first.
 
 Outputs in ``--out-dir``: ``results.json`` (every run, provenance recorded at the start),
 ``results.md`` (tables), ``drift.png`` (per-block drift). ``--render results.json`` re-renders
@@ -70,6 +70,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tools' / 'data'))
 sys.path.insert(0, str(ROOT / 'projects' / 'experiments'))
 
+import numerics  # noqa: E402
+
+if __name__ in ('__main__', '__mp_main__'):   # the tool or its spawned worker: before torch
+    numerics.pin()
 import common  # noqa: E402
 import provenance  # noqa: E402
 
@@ -412,8 +416,7 @@ class Worker:
     """One process's share of the benchmark: the converted data, the retention probe, θ₀."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        import torch
-        torch.set_num_threads(args.threads)
+        numerics.configure_torch(args.threads)
         import dualopt_mm  # noqa: F401  registers DualOpt*, L2SPHook, NormEvalHook
         self.args = args
         self.paths = prepare_data(Path(args.data_dir), args.quick)
@@ -443,9 +446,8 @@ def run_all(args: argparse.Namespace) -> Dict[str, Any]:
     import multiprocessing
 
     import real_sources
-    import torch
     t_start = time.time()
-    torch.set_num_threads(args.threads)
+    numerics.configure_torch(args.threads)
     args._provenance = provenance.collect(args.threads, data=real_sources.versions())
     worker = Worker(args)       # converts the data once, before any worker process starts
     args._pretrained = worker.retention.pretrained()
