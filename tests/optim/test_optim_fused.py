@@ -7,6 +7,7 @@ alike. State dicts move between the paths. Without torch's kernel: said once, fo
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import Any
 
@@ -421,3 +422,26 @@ def test_native_kernels_without_torch_kernels(monkeypatch: pytest.MonkeyPatch, c
     _run(cls(copies, foreach=False, **kwargs), copies, range(5))
     for p, q in zip(params, copies):
         torch.testing.assert_close(p, q, rtol=5e-7, atol=5e-7)
+
+
+def test_native_kernels_build_once_and_say_how_long(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Any) -> None:
+    """A fresh cache folder: the kernels are compiled (the log line gives the seconds), then
+    a new process finds them there and only loads them."""
+    from dualopt_mm.optim import native
+
+    if native_kernels() is None:
+        pytest.skip('no working C compiler: the native CPU kernels are not built')
+    lines: list[str] = []
+    monkeypatch.setattr(native, '_log', lines.append)
+    monkeypatch.setenv('DUALOPT_MM_CACHE', str(tmp_path))
+    native.native_kernels.cache_clear()
+    try:
+        assert native.native_kernels() is not None
+        native.native_kernels.cache_clear()  # as a new process would
+        assert native.native_kernels() is not None
+    finally:
+        native.native_kernels.cache_clear()
+    assert len(lines) == 2 and len(list(tmp_path.glob('fused_cpu_*.so'))) == 1
+    assert re.match(r'DualOpt fused=True: CPU kernels compiled in [0-9.]+ s', lines[0])
+    assert re.match(r'DualOpt fused=True: CPU kernels loaded in [0-9.]+ s', lines[1])
