@@ -103,8 +103,8 @@ def review_chunk_(params: list[Tensor], anchors: list[Optional[Tensor]], weights
         return
     dtype = params[active[0]].dtype
     if keep is not None:
-        masked = torch.tensor([weights[j] for j in active], dtype=dtype,
-                              device=params[active[0]].device) * keep.to(dtype)
+        masked = torch.tensor([weights[j] for j in active], dtype=dtype).to(
+            params[active[0]].device, non_blocking=True) * keep.to(dtype)
         tensor_weights = dict(zip(active, masked.unbind(0)))
     scratch = [j for j in active if anchors[j] is None]
     lerped = [j for j in active if anchors[j] is not None]
