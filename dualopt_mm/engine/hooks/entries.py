@@ -66,7 +66,7 @@ def entries_from_names(model: nn.Module, optimizer: torch.optim.Optimizer,
         tracked = set(all_names) & filled
     else:
         tracked = set(pretrained_candidates(model, all_names, pretrained))
-    blocks = assign_blocks(all_names, layer_index)
+    blocks = assign_blocks(all_names, layer_index, model=model)  # the backbone's own order
     layer_ids, num_layers = dense_layer_ids(
         [b if n in tracked else None for n, (_, b) in zip(all_names, blocks)])
     return [Entry(name, p, g, mode if layer_id is not None else 'none', layer_id,

@@ -217,10 +217,14 @@ class WeightRollbackHook(Hook):
             else:
                 self._table_changed = True  # the constructor's table does not exist
                 if dualopt:
+                    adopted = any(g.get('foreign_constructor') for g in optimizer.param_groups)
+                    what = ("the optimizer reviews the backbone.* tensors by that constructor's "
+                            'depths and leaves the others unreviewed' if adopted else
+                            "every tensor is reviewed in the optimizer's mode, new layers "
+                            '(neck, heads) included')
                     print_log(
                         f'{type(optimizer).__name__} param groups were not built by '
-                        'DualOptOptimWrapperConstructor: every tensor is reviewed in the '
-                        "optimizer's mode, new layers (neck, heads) included; use "
+                        f'DualOptOptimWrapperConstructor: {what}; use '
                         "optim_wrapper=dict(constructor='DualOptOptimWrapperConstructor')",
                         logger='current', level=logging.WARNING)
                 stored = (self._loaded_state or {}).get('entries') if self._resumed else None
