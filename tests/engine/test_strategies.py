@@ -88,3 +88,16 @@ def test_drift_sums_added_over_ranks_equal_the_whole_model():
 def test_check_strategy_without_a_strategy_refuses_nothing():
     model = ToyDetector()
     check_strategy(model, None, 'scratch', None, 'DualOptAdamW')  # one process: skip_1d fine
+
+
+@pytest.mark.parametrize('review', [False, True])
+def test_fsdp_refuses_the_hook_with_another_optimizer(review):
+    """Under FSDP the hook's own theta_0 of a stock optimizer would be one rank's shards, which a
+    rank-0 checkpoint cannot restore: refused before iteration 0 (drift only too); a DualOpt
+    optimizer (theta_0 in its state) is accepted."""
+    from dualopt_mm.engine.strategies.fsdp import FSDPAdapter
+
+    adapter = FSDPAdapter.__new__(FSDPAdapter)  # check_hook reads no wrapped model
+    with pytest.raises(NotImplementedError, match=f'review={review}.*DualOptOptimWrapper'):
+        adapter.check_hook(review, foreign=True)
+    adapter.check_hook(review, foreign=False)

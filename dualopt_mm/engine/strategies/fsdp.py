@@ -94,13 +94,15 @@ class FSDPAdapter(StrategyAdapter):
         return all_reduce_sum(values)
 
     def check_hook(self, review: bool, foreign: bool) -> None:
-        if foreign and review:
+        if foreign:  # review or drift only: a resume could not restore the other ranks' theta_0
             raise NotImplementedError(
-                'WeightRollbackHook(review=True) under FSDP: the hook would keep theta_0 of '
-                "this rank's shards, which a full-state checkpoint (saved by rank 0) cannot "
-                'restore on the other ranks. Use a DualOpt optimizer (its theta_0 is '
-                "optimizer state, which FSDP's optim_state_dict gathers and re-shards): "
-                "optim_wrapper=dict(constructor='DualOptOptimWrapperConstructor')")
+                f'WeightRollbackHook(review={review}) under FSDP with an optimizer that is not '
+                "DualOpt's: the hook would keep theta_0 of this rank's shards, which a "
+                'full-state checkpoint (saved by rank 0) cannot restore on the other ranks, '
+                'so a resumed run would review toward (or log drift from) wrong anchors. Use a '
+                "DualOpt optimizer (its theta_0 is optimizer state, which FSDP's "
+                "optim_state_dict gathers and re-shards): optim_wrapper=dict(constructor="
+                "'DualOptOptimWrapperConstructor')")
 
 
 def pad_anchor_state(optimizer: torch.optim.Optimizer) -> None:
