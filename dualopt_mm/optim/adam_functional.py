@@ -12,7 +12,14 @@ from torch import Tensor
 
 from ..compat.torch_features import fused_kernel
 from .foreach import bucket_chunks
-from .fused import fused_chunks, no_amp_tensors, review_chunk_, take, undo_steps_on_inf
+from .fused import (
+    fused_chunks,
+    no_amp_tensors,
+    review_chunk_,
+    split_by_kernel,
+    take,
+    undo_steps_on_inf,
+)
 from .native import native_kernels
 from .review import review_multi_tensor, review_tensor_
 
@@ -212,13 +219,9 @@ def _fused_adam(
     name = 'adamw' if decoupled_weight_decay else 'adam'
     maxes: list[Optional[Tensor]] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
     kernels = native_kernels() if grad_scale is None and found_inf is None else None
-    native, rest, other = [], [], []  # native kernels, torch's kernel, foreach (no kernel)
-    for i, p in enumerate(params):
-        if kernels is not None and kernels.supports(
-                p, anchors[i], [grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i]]):
-            native.append(i)
-        else:
-            (rest if fused_kernel(name, p.device.type, p.dtype) else other).append(i)
+    # native kernels, torch's kernel, foreach (no kernel)
+    native, rest, other = split_by_kernel(
+        name, params, anchors, list(zip(grads, exp_avgs, exp_avg_sqs, maxes)), kernels)
     if other:  # a torch without a working kernel for these: the foreach path, same step
         _multi_tensor_adam(
             [params[i] for i in other], [grads[i] for i in other],

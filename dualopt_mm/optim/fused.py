@@ -25,17 +25,37 @@ from typing import Optional, cast
 import torch
 from torch import Tensor
 
+from ..compat.torch_features import fused_kernel
 from .foreach import chunk_numel
+from .native import NativeKernels
 from .review import foreach_lerp_
 
 __all__ = ['FUSED_CHUNK_NUMEL_CPU', 'FusedChunk', 'fused_chunks', 'review_chunk_', 'no_amp_tensors',
-           'take', 'undo_steps_on_inf']
+           'split_by_kernel', 'take', 'undo_steps_on_inf']
 
 #: Elements per fused chunk on CPU (4 MiB of float32 per tensor).
 FUSED_CHUNK_NUMEL_CPU = 1 << 20
 
 #: One chunk: (tensor index, flat slice or None for the whole tensor) pairs.
 FusedChunk = list[tuple[int, Optional[slice]]]
+
+
+def split_by_kernel(kernel: str, params: Sequence[Tensor], anchors: Sequence[Optional[Tensor]],
+                    others: Sequence[Sequence[Optional[Tensor]]],
+                    kernels: Optional[NativeKernels]) -> tuple[list[int], list[int], list[int]]:
+    """Indices of the tensors for each kernel of a fused step: the native kernels (when given
+    and they take the tensor, its anchor and ``others[i]``: its gradient and state), torch's
+    fused ``kernel`` (``'sgd'``, ``'adam'``, ``'adamw'``) where the installed torch has a
+    working one for the device and dtype, and the rest (the foreach step, the same step)."""
+    native: list[int] = []
+    torch_kernel: list[int] = []
+    rest: list[int] = []
+    for i, p in enumerate(params):
+        if kernels is not None and kernels.supports(p, anchors[i], list(others[i])):
+            native.append(i)
+        else:
+            (torch_kernel if fused_kernel(kernel, p.device.type, p.dtype) else rest).append(i)
+    return native, torch_kernel, rest
 
 
 def _limit(device: torch.device) -> int:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..compat.torch_features import fused_kernel
 from .foreach import bucket_chunks
-from .fused import fused_chunks, no_amp_tensors, review_chunk_, take
+from .fused import fused_chunks, no_amp_tensors, review_chunk_, split_by_kernel, take
 from .native import native_kernels
 from .review import review_multi_tensor, review_tensor_
 
@@ -160,13 +160,10 @@ def _fused_sgd(
     if not params:
         return
     kernels = native_kernels() if grad_scale is None and found_inf is None else None
-    native, rest, other = [], [], []  # native kernels, torch's kernel, foreach (no kernel)
-    for i, p in enumerate(params):
-        buf = momentum_buffers[i] if momentum != 0 else None
-        if kernels is not None and kernels.supports(p, anchors[i], [grads[i], buf]):
-            native.append(i)
-        else:
-            (rest if fused_kernel('sgd', p.device.type, p.dtype) else other).append(i)
+    # native kernels, torch's kernel, foreach (no kernel)
+    native, rest, other = split_by_kernel(
+        'sgd', params, anchors,
+        [(g, buf if momentum != 0 else None) for g, buf in zip(grads, momentum_buffers)], kernels)
     if other:  # a torch without a working kernel for these: the foreach path, same step
         bufs = [momentum_buffers[i] for i in other]
         _multi_tensor_sgd([params[i] for i in other], [grads[i] for i in other], bufs,

@@ -409,7 +409,7 @@ def test_native_kernels_without_torch_kernels(monkeypatch: pytest.MonkeyPatch, c
     result is the loop's; GradScaler is left to skip inf steps itself."""
     if native_kernels() is None:
         pytest.skip('no working C compiler: the native CPU kernels are not built')
-    for module in (base, adam_functional, sgd_functional):
+    for module in (base, adam_functional, sgd_functional, fused):
         monkeypatch.setattr(module, 'fused_kernel', lambda name, device_type, dtype=None: None)
     params = make_params([(7, 9), (40,), (3, 3)], dtype=torch.float32)
     params[0] = params[0].detach().t().requires_grad_()  # not contiguous: foreach
