@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ['StrategyAdapter', 'ZeroAdapter']
+__all__ = ['StrategyAdapter', 'ZeroAdapter', 'refuse_skip_1d']
 
 
 class StrategyAdapter:
@@ -64,6 +64,19 @@ class ZeroAdapter(StrategyAdapter):
 
     def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(values, self.process_group)
+
+
+def refuse_skip_1d(strategy: str, mode: str, skip_1d: Optional[bool], hands_over: str,
+                   alternative: str = '') -> None:
+    """Refuse ``skip_1d`` (scratch mode's default) under a strategy that hands the optimizer
+    flat 1-d pieces (``hands_over``): a tensor's rank, which the rule reads, is lost there."""
+    skips = mode == 'scratch' if skip_1d is None else skip_1d
+    if skips and mode != 'none':
+        raise NotImplementedError(
+            f'DualOpt under {strategy}: mode={mode!r} with skip_1d={skip_1d!r} exempts 1-d '
+            f'tensors by their rank, but {strategy} hands the optimizer {hands_over}. Set '
+            "paramwise_cfg=dict(dualopt=dict(skip_1d=False)) (and custom_keys "
+            f"dict(mode='none') for the norms and biases to exempt){alternative}")
 
 
 def all_reduce_sum(values: torch.Tensor, group: Optional[object] = None) -> torch.Tensor:

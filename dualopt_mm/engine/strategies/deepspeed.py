@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from .ddp import StrategyAdapter, all_reduce_sum
+from .ddp import StrategyAdapter, all_reduce_sum, refuse_skip_1d
 
 __all__ = ['DeepSpeedAdapter', 'check_deepspeed_strategy', 'is_deepspeed_optimizer',
            'is_deepspeed_strategy']
@@ -82,13 +82,7 @@ def check_deepspeed_strategy(strategy: Any, mode: str, skip_1d: Optional[bool],
             'but theta_0 (anchor) exists only in reviewed groups, so it would be lost or '
             'misplaced on resume. Set elastic_checkpoint=False (the default) and resume '
             'with the same number of ranks')
-    skips = mode == 'scratch' if skip_1d is None else skip_1d
-    if skips and mode != 'none':
-        raise NotImplementedError(
-            f"DualOpt under DeepSpeed: mode={mode!r} with skip_1d={skip_1d!r} exempts 1-d "
-            "tensors by their rank, but DeepSpeed hands the optimizer one flat 1-d partition "
-            'per param group. Set paramwise_cfg=dict(dualopt=dict(skip_1d=False)) (and '
-            "custom_keys dict(mode='none') for the norms and biases to exempt)")
+    refuse_skip_1d('DeepSpeed', mode, skip_1d, 'one flat 1-d partition per param group')
     if dualopt_type is not None and not config.get('zero_allow_untested_optimizer'):
         config['zero_allow_untested_optimizer'] = True
         print_log(f'DeepSpeedStrategy: zero_allow_untested_optimizer=True for {dualopt_type} '

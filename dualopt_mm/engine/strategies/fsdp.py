@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .ddp import StrategyAdapter, all_reduce_sum
+from .ddp import StrategyAdapter, all_reduce_sum, refuse_skip_1d
 
 __all__ = ['ANCHOR_PLACEHOLDERS', 'FSDPAdapter', 'WRAPPER_NAME_PARTS', 'check_fsdp',
            'clean_name', 'is_fsdp', 'pad_anchor_state']
@@ -61,13 +61,8 @@ def check_fsdp(model: nn.Module, mode: str, skip_1d: Optional[bool]) -> None:
             "optimizer cannot tell the model's tensors apart (names, pretrained split, block "
             'index). Or shard only the optimizer state with ZeRO-1 (docs/integration.md, '
             '"Training on many GPUs / many machines")')
-    skips = mode == 'scratch' if skip_1d is None else skip_1d
-    if skips and mode != 'none':
-        raise NotImplementedError(
-            f"DualOpt under FSDP: mode={mode!r} with skip_1d={skip_1d!r} exempts 1-d tensors "
-            'by their rank, but FSDP hands the optimizer flat 1-d shards of every tensor. Set '
-            'paramwise_cfg=dict(dualopt=dict(skip_1d=False)) (and custom_keys '
-            "dict(mode='none') for the norms and biases to exempt), or use DDP / ZeRO-1")
+    refuse_skip_1d('FSDP', mode, skip_1d, 'flat 1-d shards of every tensor',
+                   ', or use DDP / ZeRO-1')
 
 
 class FSDPAdapter(StrategyAdapter):
