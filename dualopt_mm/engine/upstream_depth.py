@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from .fsdp import clean_name
+from .strategies.fsdp import clean_name
 
 __all__ = ['MMPRETRAIN_SOURCE', 'TIMM_SOURCE', 'UpstreamOrder', 'UpstreamOrders',
            'block_names', 'find_upstream_orders']
