@@ -6,6 +6,16 @@ import torch.nn as nn
 from mmengine.model import BaseModel, BaseModule
 
 
+class BackboneWithHead(nn.Module):
+    """A real backbone under ``backbone.`` and a new linear ``head.``: the names a detector or
+    segmentor gives the layer index."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(4, 2)
+
+
 class ToyBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:

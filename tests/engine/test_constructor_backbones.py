@@ -6,6 +6,7 @@ head, with AdamW(lr=1e-4, weight_decay=0.05), ``norm_decay_mult=0`` and the defa
 """
 import pytest
 import torch.nn as nn
+from engine_toys import BackboneWithHead
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
@@ -16,12 +17,6 @@ pytest.importorskip('mmseg')
 pytest.importorskip('mmpretrain')
 
 
-class Net(nn.Module):
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(4, 2)
 
 
 def build_backbone(scope: str, cfg: dict) -> nn.Module:
@@ -106,7 +101,7 @@ CASES = {
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_block_index_on_real_backbones(case):
     scope, cfg, num_groups, num_layers, expected = CASES[case]
-    net = Net(build_backbone(scope, cfg))
+    net = BackboneWithHead(build_backbone(scope, cfg))
     optimizer = build_optim_wrapper(net, dict(
         constructor='DualOptOptimWrapperConstructor',
         optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),

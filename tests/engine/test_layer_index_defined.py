@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch.nn as nn
+from engine_toys import BackboneWithHead
 from mmengine.registry import DefaultScope
 
 import dualopt_mm.engine  # noqa: F401
@@ -14,12 +15,6 @@ timm = pytest.importorskip('timm')
 pytest.importorskip('mmpretrain')
 
 
-class Net(nn.Module):
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(4, 2)
 
 
 def trainable(model):
@@ -61,7 +56,7 @@ TIMM = {
 @pytest.mark.parametrize('model_name', sorted(TIMM))
 def test_timm_model_used_directly_follows_group_matcher(model_name):
     backbone = timm.create_model(model_name, pretrained=False)
-    net = Net(backbone)
+    net = BackboneWithHead(backbone)
     names = trainable(net)
     upstream = {'backbone.' + n: d for n, d in timm.models.group_parameters(
         backbone, backbone.group_matcher(coarse=False), reverse=True).items()}
@@ -81,8 +76,8 @@ def build_mmpretrain(cfg):
 
 
 def test_timm_model_inside_timm_backbone_and_its_block_names():
-    net = Net(build_mmpretrain(dict(type='TIMMBackbone', model_name='resnet18',
-                                    pretrained=False)))
+    net = BackboneWithHead(build_mmpretrain(dict(type='TIMMBackbone', model_name='resnet18',
+                                            pretrained=False)))
     inner = net.backbone.timm_model  # classifier reset by TIMMBackbone: no fc
     names = trainable(net)
     upstream = {'backbone.timm_model.' + n: d for n, d in timm.models.group_parameters(
@@ -97,8 +92,9 @@ def test_timm_model_inside_timm_backbone_and_its_block_names():
 
 
 def test_timm_feature_extractor_without_group_matcher_uses_the_rule():
-    net = Net(build_mmpretrain(dict(type='TIMMBackbone', model_name='efficientnet_lite0',
-                                    features_only=True, pretrained=False)))
+    backbone = build_mmpretrain(dict(type='TIMMBackbone', model_name='efficientnet_lite0',
+                                     features_only=True, pretrained=False))
+    net = BackboneWithHead(backbone)
     names = trainable(net)
     index = index_blocks(names, model=net)
     assert index.by_module(names) == {'backbone': 'rule: timm features', 'head': 'generic'}
@@ -120,7 +116,7 @@ MMPRETRAIN = {
 @pytest.mark.parametrize('case', sorted(MMPRETRAIN))
 def test_mmpretrain_backbone_follows_get_layer_depth(case):
     cfg, depths = MMPRETRAIN[case]
-    net = Net(build_mmpretrain(cfg))
+    net = BackboneWithHead(build_mmpretrain(cfg))
     names = trainable(net)
     upstream = {n: net.backbone.get_layer_depth(n, 'backbone.')[0] for n in names
                 if n.startswith('backbone.')}
@@ -145,7 +141,7 @@ def test_mmpretrain_classifier_delegates_to_its_backbone():
 
 def test_refused_definitions_fall_back_to_the_rules():
     # ResNet-18: mmpretrain has no depth table for it
-    net = Net(build_mmpretrain(dict(type='ResNet', depth=18)))
+    net = BackboneWithHead(build_mmpretrain(dict(type='ResNet', depth=18)))
     names = trainable(net)
     index = index_blocks(names, model=net)
     assert index.refused == ('backbone: mmpretrain get_layer_depth raised '
