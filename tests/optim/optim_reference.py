@@ -23,6 +23,17 @@ def clone_params(params: list[Tensor]) -> list[Tensor]:
     return [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
 
 
+def mixed_review_groups(params: list[Tensor]) -> list[dict[str, Any]]:
+    """Four groups over ``params``: finetune, scratch with its own lr, none, and finetune with
+    its own level and no weight decay (the paths must agree across all of them at once)."""
+    return [
+        {'params': params[:3], 'k_max': 0.2, 'k_min': 0.05},
+        {'params': params[3:5], 'mode': 'scratch', 'k_max': 0.1, 'lr': 3e-2},
+        {'params': params[5:6], 'mode': 'none'},
+        {'params': params[6:], 'k_max': 0.5, 'weight_decay': 0.0},
+    ]
+
+
 def make_grad(step: int, index: int, p: Tensor, seed: int = 1) -> Tensor:
     """Deterministic gradient of tensor ``index`` at ``step`` (same for every run)."""
     gen = torch.Generator().manual_seed(seed * 100_003 + step * 1009 + index)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from optim_reference import clone_params, make_params, set_grads
+from optim_reference import clone_params, make_params, mixed_review_groups, set_grads
 
 from dualopt_mm.optim import DualOptAdam, DualOptAdamW, DualOptSGD
 
@@ -29,13 +29,6 @@ def _params(mixed: bool) -> list[torch.Tensor]:
     return params
 
 
-def _groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
-    return [
-        {'params': params[:3], 'k_max': 0.2, 'k_min': 0.05},
-        {'params': params[3:5], 'mode': 'scratch', 'k_max': 0.1, 'lr': 3e-2},
-        {'params': params[5:6], 'mode': 'none'},
-        {'params': params[6:], 'k_max': 0.5, 'weight_decay': 0.0},
-    ]
 
 
 @pytest.mark.parametrize('mixed', [False, True], ids=['float64', 'float32+float64'])
@@ -44,8 +37,8 @@ def _groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
 def test_foreach_equals_loop(cls: type, kwargs: dict[str, Any], mixed: bool) -> None:
     loop_params = _params(mixed)
     foreach_params = clone_params(loop_params)
-    loop = cls(_groups(loop_params), foreach=False, **kwargs)
-    foreach = cls(_groups(foreach_params), foreach=True, **kwargs)
+    loop = cls(mixed_review_groups(loop_params), foreach=False, **kwargs)
+    foreach = cls(mixed_review_groups(foreach_params), foreach=True, **kwargs)
     for step in range(9):
         if step == 4:  # a step where no parameter has a gradient
             for p in loop_params + foreach_params:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from optim_reference import clone_params, make_params, set_grads
+from optim_reference import clone_params, make_params, mixed_review_groups, set_grads
 from torch_versions import needs_amp_grad_scaler
 
 from dualopt_mm.compat.torch_features import fused_kernel
@@ -51,14 +51,6 @@ IDS = [f'{c[0].__name__}-{i}' for i, c in enumerate(CASES)]
 SHAPES = [(4, 3), (3,), (0,), (2, 5), (5,), (3, 3), (2, 2), (40,)]
 
 
-def _groups(params: list[torch.Tensor]) -> list[dict[str, Any]]:
-    """finetune (two lr), scratch, none, and a group of its own lr and no weight decay."""
-    return [
-        {'params': params[:3], 'k_max': 0.2, 'k_min': 0.05},
-        {'params': params[3:5], 'mode': 'scratch', 'k_max': 0.1, 'lr': 3e-2},
-        {'params': params[5:6], 'mode': 'none'},
-        {'params': params[6:], 'k_max': 0.5, 'weight_decay': 0.0},
-    ]
 
 
 def _run(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: range) -> None:
@@ -78,9 +70,9 @@ def _assert_paths_agree(cls: type, kwargs: dict[str, Any], dtype: torch.dtype, s
     loop_params = make_params(SHAPES, dtype=dtype)
     fused_params = clone_params(loop_params)
     plain_params = clone_params(loop_params)
-    loop = cls(_groups(loop_params), foreach=False, **kwargs)
-    fused_opt = cls(_groups(fused_params), fused=True, **kwargs)
-    plain = cls([dict(g, mode='none') for g in _groups(plain_params)], foreach=False,
+    loop = cls(mixed_review_groups(loop_params), foreach=False, **kwargs)
+    fused_opt = cls(mixed_review_groups(fused_params), fused=True, **kwargs)
+    plain = cls([dict(g, mode='none') for g in mixed_review_groups(plain_params)], foreach=False,
                 **kwargs)
     for opt, params in ((loop, loop_params), (fused_opt, fused_params), (plain, plain_params)):
         _run(opt, params, range(steps))
@@ -312,15 +304,15 @@ def test_state_dict_moves_between_paths(cls: type, kwargs: dict[str, Any], first
     flags = dict(loop=dict(foreach=False), foreach=dict(foreach=True), fused=dict(fused=True))
     params = make_params(SHAPES)
     saved_params = clone_params(params)
-    writer = cls(_groups(params), **flags[first], **kwargs)
+    writer = cls(mixed_review_groups(params), **flags[first], **kwargs)
     _run(writer, params, range(5))
     saved = _round_trip(writer.state_dict())
     for p, q in zip(saved_params, params):
         p.data.copy_(q)
     uninterrupted_params = clone_params(saved_params)
-    uninterrupted = cls(_groups(uninterrupted_params), **flags[then], **kwargs)
+    uninterrupted = cls(mixed_review_groups(uninterrupted_params), **flags[then], **kwargs)
     uninterrupted.load_state_dict(saved)
-    resumed = cls(_groups(saved_params), **flags[then], **kwargs)
+    resumed = cls(mixed_review_groups(saved_params), **flags[then], **kwargs)
     resumed.load_state_dict(_round_trip(saved))
     assert bool(resumed.param_groups[0]['fused']) == (then == 'fused')
     _run(resumed, saved_params, range(5, 10))
@@ -347,12 +339,12 @@ def test_fused_without_torch_kernel_says_so_once_and_runs_foreach(
     with pytest.warns(UserWarning, match=r'DualOptAdamW\(fused=True\): torch [0-9.]+ has no '
                                          r'working fused adamw kernel for cpu float64 tensors'
                                          r'.*foreach path'):
-        opt = DualOptAdamW(_groups(params), fused=True, lr=1e-2)
+        opt = DualOptAdamW(mixed_review_groups(params), fused=True, lr=1e-2)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         DualOptAdamW(copies[:1], fused=True)  # said once per process
     assert not opt._step_supports_amp_scaling
-    foreach = DualOptAdamW(_groups(copies), foreach=True, lr=1e-2)
+    foreach = DualOptAdamW(mixed_review_groups(copies), foreach=True, lr=1e-2)
     _run(opt, params, range(4))
     _run(foreach, copies, range(4))
     assert all(torch.equal(p, q) for p, q in zip(params, copies))
