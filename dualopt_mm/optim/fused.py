@@ -95,12 +95,13 @@ def fused_chunks(params: Sequence[Tensor], extra_keys: Sequence[Hashable],
     return chunks
 
 
-def take(tensors: Sequence[Optional[Tensor]], chunk: FusedChunk) -> list[Tensor]:
-    """The chunk's pieces of ``tensors`` (a flat slice view, or the tensor itself)."""
-    out = []
+def take(tensors: Sequence[Optional[Tensor]], chunk: FusedChunk) -> list[Optional[Tensor]]:
+    """The chunk's pieces of ``tensors`` (a flat slice view, or the tensor itself; ``None``
+    stays ``None``: an anchor of :math:`a = 0`)."""
+    out: list[Optional[Tensor]] = []
     for i, piece in chunk:
-        t = cast(Tensor, tensors[i])
-        out.append(t if piece is None else t.view(-1)[piece])
+        t = tensors[i]
+        out.append(t if piece is None or t is None else t.view(-1)[piece])
     return out
 
 

@@ -212,10 +212,7 @@ def _fused_sgd(
                nesterov=nesterov, maximize=maximize, is_first_step=is_first,
                grad_scale=None if grad_scale is None else grad_scale.to(device),
                found_inf=None if found_inf is None else found_inf.to(device))
-        review_chunk_(chunk_params,
-                      [None if anchors[i] is None else take(anchors, [(i, piece)])[0]
-                       for i, piece in chunk],
-                      [review_weights[i] for i, _ in chunk],
+        review_chunk_(chunk_params, take(anchors, chunk), [review_weights[i] for i, _ in chunk],
                       None if found_inf is None else 1 - found_inf.to(device))
 
 
