@@ -363,8 +363,9 @@ class Plan:
 
     First the sweep grid of every swept (task, method) on ``--sweep-seeds`` (the defaults are in
     the grids), detection before segmentation (its runs are longer), then the defaults on the
-    other seeds. When the last grid run of a (task, method) is in, its knob is selected on
-    validation and the selected value's runs on every seed go to the front of the queue.
+    other seeds (not with ``--tuned-only``). When the last grid run of a (task, method) is in,
+    its knob is selected on validation and the selected value's runs on every seed go to the
+    front of the queue.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -380,6 +381,9 @@ class Plan:
                     for value in GRIDS[task][method][1]:
                         self._add([(task, method, value, s) for s in args.sweep_seeds])
         for task in order:
+            swept = args.sweep and task in args.sweep_tasks
+            if args.tuned_only and swept:
+                continue            # the evaluation seeds get the selected values only
             for method in args.methods:
                 self._add([(task, method, GRIDS[task][method][0], s) for s in args.seeds])
 
@@ -495,7 +499,7 @@ def write_json(args: argparse.Namespace, runs: List[Dict], selection: Dict, wall
             'sweep': bool(args.sweep), 'sweep_seeds': list(args.sweep_seeds),
             'sweep_tasks': [t for t in args.tasks if args.sweep and t in args.sweep_tasks],
             'iters': dict(args.iters), 'quick': bool(args.quick), 'threads': args.threads,
-            'jobs': args.jobs,
+            'jobs': args.jobs, 'tuned_only': bool(args.tuned_only),
             'grids': {t: {m: list(GRIDS[t][m][1]) for m in args.methods} for t in args.tasks},
             'defaults': {t: {m: GRIDS[t][m][0] for m in args.methods} for t in args.tasks},
             'ref_lr': REF_LR,
@@ -580,12 +584,17 @@ def table(results: Dict[str, Any], task: str, tuned: bool,
     return '\n'.join(lines)
 
 
-def drift_table(results: Dict[str, Any], task: str) -> str:
+def drift_table(results: Dict[str, Any], task: str, tuned: bool = False) -> str:
+    """Mean drift per backbone stage of each method at its default (``tuned``: selected)
+    value."""
     runs, settings = results['runs'], results['settings']
     stages = ['stem'] + [f'stage{i}' for i in range(7)]
     lines = ['| method | ' + ' | '.join(stages) + ' |', '| :-- |' + ' --: |' * len(stages)]
     for method in settings['methods']:
-        value = settings['defaults'][task][method]
+        value = (results['selection'][task].get(method) if tuned
+                 else settings['defaults'][task][method])
+        if value is None:
+            continue
         rs = [find(runs, task, method, value, s) for s in settings['seeds']]
         if any(r is None for r in rs):
             continue
@@ -603,17 +612,49 @@ def render(results: Dict[str, Any]) -> str:
            + f"; {s['threads']} torch thread(s); wall time {results['wall_s'] / 60:.1f} min. "
            + "Pretrained Lite0 (no fine-tuning): ImageNet top-1 "
            + f"{pre.get('imagenet_top1', float('nan')) * 100:.0f} % on the 20 images.",
-           '', f"Provenance: {provenance.describe(results['provenance'])}."]
+           '', f"Provenance: {provenance.describe(results['provenance'])}.",
+           '', 'Δ columns: mean of the seed-by-seed differences to the stock optimizer and its '
+           '95 % interval (paired t-test, n − 1 degrees of freedom).']
     for task in s['tasks']:
-        out += ['', f'**{TASK_TITLE[task]}**, defaults (no tuning):', '',
-                table(results, task, False)]
+        tuned_only = s.get('tuned_only', False) and bool(results['selection'].get(task))
+        if not tuned_only:
+            out += ['', f'**{TASK_TITLE[task]}**, defaults (no tuning):', '',
+                    table(results, task, False)]
         if results['selection'].get(task):
             out += ['', f'**{TASK_TITLE[task]}**, each knob selected on validation '
-                    f"(grid on seed(s) {', '.join(map(str, s['sweep_seeds']))}):", '',
-                    table(results, task, True)]
-        out += ['', f'Drift ‖θ − θ₀‖/‖θ₀‖ per backbone stage, {task}, defaults (mean over seeds):',
-                '', drift_table(results, task)]
+                    f'({sweep_phrase(s)}):', '', table(results, task, True)]
+            out += ['', sweep_line(results, task)]
+        which = 'selected values' if tuned_only else 'defaults'
+        out += ['', f'Drift ‖θ − θ₀‖/‖θ₀‖ per backbone stage, {task}, {which} (mean over seeds):',
+                '', drift_table(results, task, tuned_only)]
     return '\n'.join(out) + '\n'
+
+
+def sweep_phrase(settings: Dict[str, Any]) -> str:
+    """Where the knobs were selected, and whether those seeds are among the evaluated ones."""
+    sweep = settings.get('sweep_seeds', [0])
+    where = f"grid on seed(s) {', '.join(map(str, sweep))}"
+    if set(sweep) & set(settings['seeds']):
+        return where + ', among the evaluation seeds: not independent of the selection'
+    return where + ', disjoint from the evaluation seeds'
+
+
+def sweep_line(results: Dict[str, Any], task: str) -> str:
+    """The validation metric of every grid value on the sweep seeds, per method."""
+    s = results['settings']
+    key, title, scale = TASK_METRICS[task][0]
+    parts = []
+    for method in s['methods']:
+        cells = []
+        for value in s['grids'][task][method]:
+            rs = [find(results['runs'], task, method, value, seed) for seed in s['sweep_seeds']]
+            if any(r is None for r in rs):
+                break
+            score = statistics.mean(r['metrics'][key] for r in rs) * scale
+            cells.append(f'{value:g}: {score:.1f}')
+        else:
+            parts.append(f"{METHOD_TITLE[method]} ({KNOB[method]}) " + ', '.join(cells))
+    return f'Sweep, {title} per grid value: ' + '; '.join(parts) + '.'
 
 
 def render_summary(results: Dict[str, Any]) -> str:
@@ -622,8 +663,8 @@ def render_summary(results: Dict[str, Any]) -> str:
     95 % intervals (the defaults and everything else: ``render``)."""
     s = results['settings']
     out = [f"{len(s['seeds'])} seeds, mean ± std; Δ: paired difference to the stock optimizer "
-           f"in points, mean [95 % t-interval]; each method's knob selected on the validation "
-           f"split of seed {', '.join(map(str, s.get('sweep_seeds', [0])))}. Wall time "
+           f"in points, mean [95 % paired-t interval]; knobs selected on validation "
+           f"({sweep_phrase(s)}). Wall time "
            f"{results['wall_s'] / 60:.0f} min on {results['provenance']['cpu_count']} CPU "
            f"cores; {provenance.describe(results['provenance'])}."]
     for task in s['tasks']:
@@ -683,6 +724,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--sweep-seeds', nargs='+', type=int, default=None,
                         help='seeds the knob sweep selects on (default: 0)')
     parser.add_argument('--no-sweep', dest='sweep', action='store_false')
+    parser.add_argument('--tuned-only', action='store_true',
+                        help='swept tasks: run only the selected values on --seeds (the '
+                             'defaults are in the grids on --sweep-seeds)')
     parser.add_argument('--sweep-tasks', nargs='+', default=None, choices=['det', 'seg'],
                         help='tasks that get the knob sweep (default: every one of --tasks)')
     parser.add_argument('--jobs', type=int, default=2,
@@ -697,7 +741,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--plot', metavar='PNG', help='with --render: also write the drift plot')
     parser.add_argument('--update-doc', metavar='MARKDOWN',
                         help='with --render: write the full tables between the page\'s '
-                             f'<!-- {DOC_SECTION}:begin/end --> markers (docs/experiments.md)')
+                             '<!-- SECTION:begin/end --> markers (docs/experiments.md)')
+    parser.add_argument('--doc-section', default=DOC_SECTION,
+                        help=f'the markers --update-doc writes between (default {DOC_SECTION})')
     parser.add_argument('--update-readme', metavar='README',
                         help='with --render: write the summary tables between the README\'s '
                              f'<!-- {README_SECTION}:begin/end --> markers')
@@ -712,8 +758,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             parser.error(f'--{name.replace("_", "-")} {" ".join(map(str, values))}: give each '
                          'value once (a repeated seed would count twice in mean ± std)')
     no_sweep = '--quick' if args.quick else ('--no-sweep' if not args.sweep else None)
-    for name in ('sweep_tasks', 'sweep_seeds'):
-        if no_sweep and getattr(args, name) is not None:
+    for name in ('sweep_tasks', 'sweep_seeds', 'tuned_only'):
+        if no_sweep and getattr(args, name) not in (None, False):
             parser.error(f'--{name.replace("_", "-")}: {no_sweep} runs no sweep; drop one of '
                          'the two')
     unswept = sorted(set(args.sweep_tasks or ()) - set(args.tasks))
@@ -752,7 +798,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                              'by a run that stopped): the pages show complete runs only; finish '
                              'the run and render its results.json')
         if args.update_doc:
-            common.replace_marked_section(args.update_doc, DOC_SECTION, text)
+            common.replace_marked_section(args.update_doc, args.doc_section, text)
         if args.update_readme:
             common.replace_marked_section(args.update_readme, README_SECTION,
                                           render_summary(results))

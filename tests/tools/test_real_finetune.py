@@ -152,6 +152,32 @@ def test_plan_order_and_selection() -> None:
     assert plan.planned() == planned
 
 
+def test_tuned_only_plans_the_grid_then_only_the_selected_values() -> None:
+    """--tuned-only: the grid on the sweep seed, then each selected value on the evaluation
+    seeds, and no default runs on them; the tables say the selection seeds are disjoint."""
+    import real_finetune as rf
+    args = rf.parse_args(['--tasks', 'det', '--methods', 'stock', 'dualopt', '--seeds', '1', '2',
+                          '--sweep-seeds', '0', '--tuned-only'])
+    plan = rf.Plan(args)
+    grid_units = [('det', m, v, 0) for m in ('stock', 'dualopt') for v in rf.GRIDS['det'][m][1]]
+    assert plan.queue == grid_units
+    runs, selection, evaluated = [], {}, []
+    while (unit := plan.next()) is not None:
+        task, method, value, seed = unit
+        good = value == rf.GRIDS[task][method][1][1]
+        runs.append({'task': task, 'method': method, 'value': value, 'seed': seed,
+                     'metrics': {'val': 0.5 if good else 0.1}})
+        if seed != 0:
+            evaluated.append(unit)
+        plan.update(runs, selection)
+    chosen = {m: rf.GRIDS['det'][m][1][1] for m in ('stock', 'dualopt')}
+    assert selection == {'det': chosen}
+    assert sorted(evaluated) == sorted(('det', m, chosen[m], s) for m in chosen for s in (1, 2))
+    settings = {'seeds': [1, 2], 'sweep_seeds': [0]}
+    assert rf.sweep_phrase(settings).endswith('disjoint from the evaluation seeds')
+    assert 'not independent' in rf.sweep_phrase({'seeds': [0, 1], 'sweep_seeds': [0]})
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--jobs', '0'], '--jobs 0'),
     (['--det-iters', '0'], '--det-iters 0: give 1 or more'),
@@ -160,6 +186,7 @@ def test_plan_order_and_selection() -> None:
     (['--tasks', 'seg', '--sweep-tasks=det'], '--sweep-tasks det: not among --tasks seg'),
     (['--no-sweep', '--sweep-tasks', 'det'], '--sweep-tasks: --no-sweep runs no sweep'),
     (['--quick', '--sweep-seeds', '1'], '--sweep-seeds: --quick runs no sweep'),
+    (['--no-sweep', '--tuned-only'], '--tuned-only: --no-sweep runs no sweep'),
     (['--seeds', '0', '0', '1'], '--seeds 0 0 1: give each value once'),
     (['--tasks', 'det', 'det'], '--tasks det det: give each value once')])
 def test_cli_refuses_settings_it_would_ignore(argv, message, capsys) -> None:
